@@ -1,0 +1,15 @@
+"""The migration engine: pgdbm-compatible templated SQL migrations on psycopg 3.
+
+No Pulumi import anywhere in this package: the command line
+(``python -m components.migrate``) and the Pulumi layer both call it.
+"""
+from .engine import (DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, ApplyResult, Status, Target, apply, connect,
+                     lint_pending, read_history, status)
+from .errors import (ChecksumMismatchError, ConnectionFailedError, DuplicateVersionError, InvalidIdentifierError,
+                     LintError, LintIssue, LockTimeoutError, MigrationError, MigrationFileError,
+                     MigrationsDirectoryError, StatementError, TemplateError)
+from .files import Migration, checksum, load, version_of
+from .plan import Plan, plan
+from .render import render
+
+__all__ = [name for name in dir() if not name.startswith("_")]

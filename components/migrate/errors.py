@@ -1,0 +1,163 @@
+"""Typed errors of the migration engine.
+
+Every error carries the facts a user needs (file, line, statement excerpt,
+SQLSTATE, server message) and a remedy.  ``str(error)`` is the whole message:
+what happened, where, and how to fix it.  No message ever contains a
+connection string or a password.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+
+class MigrationError(Exception):
+    """Base class of every error raised by the engine."""
+
+    remedy: str = ""
+
+    def __init__(self, message: str, *, remedy: str = "", file: Optional[str] = None,
+                 line: Optional[int] = None) -> None:
+        self.message = message
+        self.remedy = remedy or self.remedy
+        self.file = file
+        self.line = line
+        super().__init__(self.__str__())
+
+    def where(self) -> str:
+        if self.file and self.line:
+            return f"{self.file}:{self.line}"
+        return self.file or ""
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.remedy:
+            text += f"\nRemedy: {self.remedy}"
+        return text
+
+
+class MigrationsDirectoryError(MigrationError):
+    """The migrations directory is missing, unreadable or not a directory."""
+
+
+class MigrationFileError(MigrationError):
+    """A migration file cannot be used: empty, not UTF-8, outside the directory, ..."""
+
+
+class DuplicateVersionError(MigrationFileError):
+    """Two files claim the same version."""
+
+
+class TemplateError(MigrationFileError):
+    """A ``{{...}}`` placeholder is unknown, malformed or names an invalid identifier."""
+
+
+class InvalidIdentifierError(MigrationError):
+    """A schema, table, role or module name that is not a safe identifier."""
+
+
+@dataclass
+class LintIssue:
+    file: str
+    line: int
+    column: int
+    message: str
+    statement: str = ""
+    severity: str = "error"  # "error" or "warning"
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.message}"
+        if self.statement:
+            text += f"\n    {self.statement}"
+        return text
+
+
+class LintError(MigrationError):
+    """One or more pending files fail validation; nothing was applied."""
+
+    def __init__(self, issues: Sequence[LintIssue]) -> None:
+        self.issues = list(issues)
+        first = self.issues[0]
+        body = "\n".join(str(i) for i in self.issues)
+        super().__init__(
+            f"{len(self.issues)} problem(s) found in pending migrations; nothing was applied:\n{body}",
+            remedy="fix the file(s) named above and run again (warnings become errors only with strict mode)",
+            file=first.file, line=first.line)
+
+
+class ChecksumMismatchError(MigrationError):
+    """Files changed after they were applied (the spec's 'modified after being applied')."""
+
+    def __init__(self, mismatches: Sequence[tuple], module: str, history_table: str) -> None:
+        self.mismatches = list(mismatches)  # (filename, recorded checksum, current checksum)
+        self.module = module
+        self.history_table = history_table
+        lines = []
+        for file, recorded, current in self.mismatches:
+            lines.append(f"Migration {file} has been modified after being applied\n"
+                         f"  recorded checksum: {recorded}\n  current checksum:  {current}")
+        first = self.mismatches[0]
+        self.recorded, self.current = first[1], first[2]
+        super().__init__(
+            "\n".join(lines),
+            remedy=(
+                "never modify an applied migration: restore the file to its applied content and put the "
+                "change in a new migration file. In development only, forget the history with "
+                f"DELETE FROM {history_table} WHERE module_name = '{module}' and run again."),
+            file=first[0])
+
+
+@dataclass
+class StatementFailure:
+    sqlstate: str = ""
+    message: str = ""
+    detail: str = ""
+    hint: str = ""
+
+
+class StatementError(MigrationError):
+    """A statement of a migration failed; that migration left no trace."""
+
+    def __init__(self, file: str, line: int, statement: str, failure: StatementFailure,
+                 committed: Sequence[str] = (), remedy: str = "", no_transaction: bool = False) -> None:
+        self.statement = statement
+        self.sqlstate = failure.sqlstate
+        self.server_message = failure.message
+        self.detail = failure.detail
+        self.hint = failure.hint
+        self.committed = list(committed)
+        lines = [f"Migration {file} failed at line {line}: {failure.message}"
+                 + (f" (SQLSTATE {failure.sqlstate})" if failure.sqlstate else "")]
+        if failure.detail:
+            lines.append(f"  detail: {failure.detail}")
+        if failure.hint:
+            lines.append(f"  hint: {failure.hint}")
+        lines.append(f"  statement: {excerpt(statement)}")
+        if no_transaction:
+            lines.append("  this is a no-transaction migration: statements before the failing one stayed "
+                         "committed; make them idempotent (IF NOT EXISTS) and run again")
+        else:
+            lines.append(f"  nothing of {file} was applied (its transaction was rolled back)")
+        if self.committed:
+            lines.append("  committed earlier in this run: " + ", ".join(self.committed))
+        else:
+            lines.append("  no migration was committed in this run")
+        super().__init__("\n".join(lines), remedy=remedy or "fix the statement and run again",
+                         file=file, line=line)
+
+
+class LockTimeoutError(MigrationError):
+    """Another session held the module's advisory lock for longer than the lock timeout."""
+
+
+class ConnectionFailedError(MigrationError):
+    """The server could not be reached or refused the credentials."""
+
+
+class InterruptedMigrationError(MigrationError):
+    """A no-transaction migration started but never finished."""
+
+
+def excerpt(statement: str, limit: int = 200) -> str:
+    text = " ".join(statement.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
