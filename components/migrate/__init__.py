@@ -3,7 +3,7 @@
 No Pulumi import anywhere in this package: the command line
 (``python -m components.migrate``) and the Pulumi layer both call it.
 """
-from .engine import (DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, ApplyResult, Status, Target, apply, connect,
+from .engine import (DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, ApplyResult, Status, Target, apply, connect, forget,
                      lint_pending, read_history, status)
 from .errors import (ChecksumMismatchError, ConnectionFailedError, DuplicateVersionError, InvalidIdentifierError,
                      LintError, LintIssue, LockTimeoutError, MigrationError, MigrationFileError,

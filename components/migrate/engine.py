@@ -345,7 +345,7 @@ def apply(conn: psycopg.Connection, target: Target, *,
     rendered, warnings = lint_pending(current.plan.pending, target)
     if target.schema and current.plan.pending and not _schema_exists(conn, target.schema):
         raise MigrationError(
-            f'Error: schema "{target.schema}" does not exist',
+            f'schema "{target.schema}" does not exist',
             remedy=f"create it before migrating: CREATE SCHEMA IF NOT EXISTS {target.schema}; "
                    "(the MigratedSchema component does this), or give the user the CREATE SCHEMA permission")
     if not current.history_exists:
@@ -407,3 +407,13 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
             conn.execute("RESET search_path")
         conn.execute(sql.SQL("SELECT pg_advisory_unlock(hashtext('pgdbm_migration_' || {}))").format(
             sql.Literal(target.module)))
+
+
+def forget(conn: psycopg.Connection, target: Target) -> int:
+    """Delete this module's history rows (the spec's development reset); returns how many."""
+    if not _history_exists(conn, target):
+        return 0
+    with _locked_transaction(conn, target):
+        cur = conn.execute(sql.SQL("DELETE FROM {} WHERE module_name = %s").format(target.history_ident),
+                           (target.module,))
+        return cur.rowcount

@@ -1,0 +1,59 @@
+# Two commands do all set-up on a fresh machine:  make up   (deploy the dev stack)   make test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ROOT := $(abspath .)
+STATE := $(ROOT)/.state
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+STACK ?= dev
+export PULUMI_BACKEND_URL ?= file://$(STATE)/pulumi
+export PULUMI_SKIP_UPDATE_CHECK := true
+# the dev stack's secrets use a fixed development passphrase; other stacks bring their own
+ifeq ($(STACK),dev)
+export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
+endif
+
+.PHONY: help venv toolchain db-start db-stop up preview drift destroy test test-fast clean
+help:
+	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
+	@echo "make test       run the whole test suite"
+	@echo "make preview    pulumi preview for STACK=...   make drift   fail on drift for STACK=..."
+	@echo "make db-start | db-stop   the embedded PostgreSQL"
+
+# Python environment, rebuilt when requirements.txt changes
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@command -v python3 >/dev/null || { echo "error: python3 (3.10+) is required: apt-get install python3 python3-venv"; exit 1; }
+	@echo "[venv] installing Python packages into .venv"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+venv: $(VENV)/.installed
+
+# Pulumi CLI + Python language host + postgresql plugin: from PATH, or built once into ~/.cache
+# (instant when the cache is there; prints progress and timing when it builds)
+toolchain:
+	@mkdir -p $(STATE)
+	@bin=$$(bash toolchain/bootstrap.sh | tail -n 1) && test -x "$$bin/pulumi" && echo "$$bin" > $(STATE)/toolchain-bin
+
+db-start: venv
+	@$(PY) -m tools.pgserver start --dir $(STATE)/pg
+db-stop:
+	@test -x $(PY) && $(PY) -m tools.pgserver stop --dir $(STATE)/pg || true
+
+up: venv toolchain
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack up --stack $(STACK)
+preview: venv toolchain
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack preview --stack $(STACK)
+drift: venv toolchain
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack drift --stack $(STACK)
+destroy: venv toolchain
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack destroy --stack $(STACK)
+
+test: venv toolchain
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
+test-fast: venv
+	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+clean: db-stop
+	rm -rf $(STATE) $(VENV)

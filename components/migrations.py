@@ -1,0 +1,108 @@
+"""``Migrations``: a dynamic resource that applies a directory of templated SQL migrations."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import pulumi
+from pulumi.dynamic import Resource
+
+from . import migrate
+from .provider import MigrationsProvider
+
+
+@dataclass
+class ConnectionArgs:
+    """How to reach PostgreSQL.  ``None`` fields fall back to the stack's ``postgresql:`` config."""
+
+    host: Optional[pulumi.Input[str]] = None
+    port: Optional[pulumi.Input[int]] = None
+    username: Optional[pulumi.Input[str]] = None
+    password: Optional[pulumi.Input[str]] = None
+    database: Optional[pulumi.Input[str]] = None
+    sslmode: Optional[pulumi.Input[str]] = None
+
+    @staticmethod
+    def from_config(base: Optional["ConnectionArgs"] = None) -> "ConnectionArgs":
+        """Fill the gaps of ``base`` from the stack config keys the pulumi-postgresql provider reads."""
+        config = pulumi.Config("postgresql")
+        base = base or ConnectionArgs()
+        port = config.get("port")
+        return ConnectionArgs(
+            host=base.host if base.host is not None else (config.get("host") or "localhost"),
+            port=base.port if base.port is not None else int(port or 5432),
+            username=base.username if base.username is not None else (config.get("username") or "postgres"),
+            password=pulumi.Output.secret(base.password) if base.password is not None
+            else config.get_secret("password"),
+            database=base.database if base.database is not None else (config.get("database") or "postgres"),
+            sslmode=base.sslmode if base.sslmode is not None else (config.get("sslmode") or "prefer"))
+
+
+def project_relative(path: str) -> str:
+    """Keep state free of machine-specific absolute paths when the folder is inside the project."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute, os.getcwd())
+    return absolute if relative.startswith("..") else relative
+
+
+@dataclass
+class MigrationsArgs:
+    migrations_dir: str = "migrations"
+    schema: Optional[str] = None
+    module_name: str = migrate.DEFAULT_MODULE
+    history_table: str = migrate.DEFAULT_HISTORY_TABLE
+    connection: Optional[ConnectionArgs] = None
+    lock_wait_timeout: float = 60.0
+    lock_timeout: Optional[float] = None
+    statement_timeout: Optional[float] = None
+    strict: bool = False
+    drop_on_destroy: bool = False
+
+
+class Migrations(Resource):
+    """Applies pending migrations on create/update; outputs the applied files and their checksums.
+
+    Validation (missing folder, bad file, unknown placeholder, invalid names,
+    syntax errors) happens here, in the program, so ``pulumi preview`` fails
+    with the engine's message before anything runs.
+    """
+
+    schema_name: pulumi.Output[str]
+    module_name: pulumi.Output[str]
+    history_table: pulumi.Output[str]
+    applied: pulumi.Output[list]
+    checksums: pulumi.Output[dict]
+    pending: pulumi.Output[list]
+
+    def __init__(self, name: str, args: MigrationsArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        target, files = validate(args)
+        conn = ConnectionArgs.from_config(args.connection)
+        props: Dict[str, Any] = dict(
+            migrations_dir=project_relative(str(args.migrations_dir)),
+            schema=args.schema or "", module_name=target.module, history_table=target.history_display,
+            checksums={m.filename: m.checksum for m in files},
+            host=conn.host, port=conn.port, username=conn.username, password=conn.password,
+            database=conn.database, sslmode=conn.sslmode,
+            lock_wait_timeout=target.lock_wait_timeout, lock_timeout=target.lock_timeout or 0,
+            statement_timeout=target.statement_timeout or 0, strict=target.strict,
+            drop_on_destroy=bool(args.drop_on_destroy),
+            schema_name=None, applied=None, pending=None, missing=None)
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
+        super().__init__(MigrationsProvider(), name, props, opts)
+
+
+def validate(args: MigrationsArgs):
+    """Load and lint every file for the target; raise ``pulumi.RunError`` with the engine's message."""
+    try:
+        target = migrate.Target(args.migrations_dir, schema=args.schema, module=args.module_name,
+                                history_table=args.history_table, lock_wait_timeout=args.lock_wait_timeout,
+                                lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
+                                strict=args.strict)
+        files = migrate.load(target.migrations_dir)
+        _, warnings = migrate.lint_pending(files, target)
+    except migrate.MigrationError as exc:
+        raise pulumi.RunError(str(exc)) from None
+    for warning in warnings:
+        pulumi.log.warn(str(warning))
+    return target, files

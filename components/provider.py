@@ -1,0 +1,154 @@
+"""The dynamic provider behind ``components.Migrations``: a thin adapter from Pulumi to the engine.
+
+Pickled into state *by reference* (``components.provider.MigrationsProvider``):
+keep this module path and class name stable, old stacks refresh and destroy
+with whatever code lives here.  No Pulumi type other than the dynamic
+provider protocol is used, every connection is closed, no password reaches
+a message.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider,
+                            UpdateResult)
+
+from . import migrate
+from .migrate.errors import MigrationError
+
+# Inputs whose change is a reason to run the engine again (never a replacement: applying is an update).
+TRACKED = ("checksums", "schema", "module_name", "history_table", "host", "port", "username", "password",
+           "database", "sslmode", "lock_wait_timeout", "lock_timeout", "statement_timeout", "strict",
+           "drop_on_destroy")
+
+
+def _target(props: Dict[str, Any]) -> migrate.Target:
+    return migrate.Target(
+        migrations_dir=_resolve_dir(props.get("migrations_dir", "migrations")),
+        schema=props.get("schema") or None,
+        module=props.get("module_name") or migrate.DEFAULT_MODULE,
+        history_table=props.get("history_table") or migrate.DEFAULT_HISTORY_TABLE,
+        lock_wait_timeout=float(props.get("lock_wait_timeout") or 60),
+        lock_timeout=_seconds(props.get("lock_timeout")),
+        statement_timeout=_seconds(props.get("statement_timeout")),
+        strict=bool(props.get("strict")))
+
+
+def _seconds(value: Any) -> Optional[float]:
+    return None if value in (None, "", 0) else float(value)
+
+
+def _resolve_dir(path: str) -> str:
+    # relative paths are relative to the Pulumi project directory, where the provider process runs
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def _connect(props: Dict[str, Any]):
+    return migrate.connect(
+        host=props.get("host") or "localhost", port=int(props.get("port") or 5432),
+        user=props.get("username") or "postgres", password=props.get("password") or None,
+        dbname=props.get("database") or "postgres", sslmode=props.get("sslmode") or "prefer")
+
+
+def resource_id(props: Dict[str, Any]) -> str:
+    """Stable id: one module's history in one database (never random)."""
+    return f"{props.get('database') or 'postgres'}/{props.get('history_table')}/{props.get('module_name')}"
+
+
+def _fail(error: Exception) -> Exception:
+    """Raise the engine's message as the whole error text (Pulumi shows it as is)."""
+    return Exception(str(error))
+
+
+class MigrationsProvider(ResourceProvider):
+    """check/diff are pure (files and inputs); create/update apply; read re-reads history; delete keeps data."""
+
+    def check(self, _olds: Dict[str, Any], news: Dict[str, Any]) -> CheckResult:
+        failures: List[CheckFailure] = []
+        try:
+            _target(news)
+        except MigrationError as exc:
+            failures.append(CheckFailure("migrations", str(exc)))
+        if not isinstance(news.get("checksums", {}), dict):
+            failures.append(CheckFailure("checksums", "checksums must be a map of filename to SHA-256"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
+        old_sums: Dict[str, str] = olds.get("checksums") or {}
+        new_sums: Dict[str, str] = news.get("checksums") or {}
+        same_target = all(olds.get(k) == news.get(k) for k in ("schema", "module_name", "history_table",
+                                                               "database", "host", "port"))
+        if same_target:
+            modified = [(name, old_sums[name], new_sums[name]) for name in sorted(new_sums)
+                        if name in old_sums and old_sums[name] != new_sums[name]]
+            if modified:
+                raise _fail(migrate.ChecksumMismatchError(modified, news.get("module_name"),
+                                                          news.get("history_table")))
+        changed = [key for key in TRACKED if olds.get(key) != news.get(key)]
+        if changed:
+            pending = [name for name in sorted(new_sums) if name not in old_sums or not same_target]
+            if pending:
+                print(f"migrations {resource_id(news)}: {len(pending)} pending: {', '.join(pending)}")
+            forgotten = [name for name in sorted(old_sums) if name not in new_sums]
+            if forgotten:
+                print(f"migrations {resource_id(news)}: recorded but not on disk: {', '.join(forgotten)}")
+        return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
+
+    def _apply(self, props: Dict[str, Any]) -> Dict[str, Any]:
+        target = _target(props)
+        try:
+            with _connect(props) as conn:
+                result = migrate.apply(conn, target)
+        except MigrationError as exc:
+            raise _fail(exc) from None
+        expected = props.get("checksums") or {}
+        if expected and expected != result.checksums:
+            changed = sorted(set(expected.items()) ^ set(result.checksums.items()))
+            raise Exception(f"Migration files changed between preview and apply: {sorted({n for n, _ in changed})}\n"
+                            "Remedy: run pulumi up again so that the plan sees the current files")
+        if result.applied:
+            print(f"migrations {resource_id(props)}: applied {', '.join(result.applied)}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        outs = dict(props)
+        outs.update(schema_name=target.schema or "public", applied=sorted(result.checksums),
+                    checksums=result.checksums, pending=[], missing=result.missing)
+        return outs
+
+    def create(self, props: Dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=resource_id(props), outs=self._apply(props))
+
+    def update(self, _id: str, _olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(news))
+
+    def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
+        """Live history: rows deleted or changed outside Pulumi show up as a diff against the inputs."""
+        target = _target(props)
+        try:
+            with _connect(props) as conn:
+                current = migrate.status(conn, target)
+                recorded = migrate.read_history(conn, target) if current.history_exists else {}
+        except MigrationError as exc:
+            raise _fail(exc) from None
+        on_disk = set(props.get("checksums") or {})
+        outs = dict(props)
+        outs.update(checksums={name: recorded[name] for name in sorted(recorded) if name in on_disk},
+                    applied=sorted(name for name in recorded if name in on_disk),
+                    pending=[m.filename for m in current.plan.pending], missing=current.plan.missing)
+        inputs = {key: props[key] for key in props if key in TRACKED or key == "migrations_dir"}
+        return ReadResult(id_=id_, outs=outs, inputs=inputs)
+
+    def delete(self, _id: str, props: Dict[str, Any]) -> None:
+        target = _target(props)
+        where = f"schema {target.schema or 'public'} (module {target.module}, history {target.history_display})"
+        if not props.get("drop_on_destroy"):
+            print(f"migrations: kept the tables and history of {where}; "
+                  "set drop_on_destroy (llmemory-db:dropOnDestroy) to drop them on destroy")
+            return
+        try:
+            with _connect(props) as conn:
+                migrate.forget(conn, target)
+        except MigrationError as exc:
+            raise _fail(exc) from None
+        print(f"migrations: forgot the history of {where}")

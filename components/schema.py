@@ -1,0 +1,162 @@
+"""``MigratedSchema``: schema, extensions and grants (pulumi-postgresql), then the migrations."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pulumi
+import pulumi_postgresql as postgresql
+
+from . import migrate
+from .migrate.objects import managed_objects
+from .migrate.render import check_identifier
+from .migrations import ConnectionArgs, Migrations, MigrationsArgs, validate
+
+TABLE_PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "DELETE"]
+SEQUENCE_PRIVILEGES = ["USAGE", "SELECT"]
+
+# (database, host, port, history table, module) -> (component name, schema): two components must not share a history
+_HISTORIES: Dict[Tuple, Tuple[str, str]] = {}
+
+
+@dataclass
+class MigratedSchemaArgs:
+    """Arguments of :class:`MigratedSchema` (every one optional).
+
+    schema:          target schema; ``None`` = standalone mode (objects in ``public``, no schema created)
+    module_name:     module in the history table (llmemory uses ``aword_memory``)
+    migrations_dir:  folder of ``*.sql`` files, relative to the Pulumi project
+    extensions:      extensions created in ``public`` first (default ``vector``)
+    runtime_roles:   existing roles that get USAGE, CRUD on the tables, USAGE/SELECT on sequences, SELECT on history
+    history_table:   ``table`` or ``schema.table`` (default ``public.schema_migrations``; pgdbm 0.5 uses
+                     ``<schema>.schema_migrations``)
+    connection:      :class:`ConnectionArgs`; gaps are filled from the stack's ``postgresql:`` config
+    provider:        a ``pulumi_postgresql.Provider`` for the schema/extension/grant resources
+    drop_on_destroy: ``pulumi destroy`` drops the schema and forgets the module's history (default: keep data)
+    """
+
+    schema: Optional[str] = None
+    module_name: str = migrate.DEFAULT_MODULE
+    migrations_dir: str = "migrations"
+    extensions: Sequence[str] = ("vector",)
+    runtime_roles: Sequence[str] = ()
+    history_table: str = migrate.DEFAULT_HISTORY_TABLE
+    connection: Optional[ConnectionArgs] = None
+    lock_wait_timeout: float = 60.0
+    lock_timeout: Optional[float] = None
+    statement_timeout: Optional[float] = None
+    strict: bool = False
+    drop_on_destroy: bool = False
+    provider: Optional[postgresql.Provider] = None
+
+
+class MigratedSchema(pulumi.ComponentResource):
+    schema_name: pulumi.Output[str]
+    module_name: pulumi.Output[str]
+    history_table: pulumi.Output[str]
+    applied: pulumi.Output[list]
+    checksums: pulumi.Output[dict]
+    pending: pulumi.Output[list]
+
+    def __init__(self, name: str, args: Optional[MigratedSchemaArgs] = None,
+                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("llmemory-db:index:MigratedSchema", name, None, opts)
+        args = args or MigratedSchemaArgs()
+        _check_args(args)
+        migration_args = MigrationsArgs(
+            migrations_dir=args.migrations_dir, schema=args.schema, module_name=args.module_name,
+            history_table=args.history_table, connection=args.connection,
+            lock_wait_timeout=args.lock_wait_timeout, lock_timeout=args.lock_timeout,
+            statement_timeout=args.statement_timeout, strict=args.strict, drop_on_destroy=args.drop_on_destroy)
+        target, files = validate(migration_args)
+        conn = ConnectionArgs.from_config(args.connection)
+        _claim_history(name, conn, target)
+
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        keep = pulumi.ResourceOptions(retain_on_delete=not args.drop_on_destroy)
+        database = conn.database
+        schema_name = args.schema or "public"
+        previous: List[pulumi.Resource] = []
+
+        def after(resource: pulumi.Resource) -> pulumi.Resource:
+            previous[:] = [resource]
+            return resource
+
+        def chained(*extra: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(previous)), *extra)
+
+        if args.schema:
+            after(postgresql.Schema(f"{name}-schema", name=args.schema, database=database, if_not_exists=True,
+                                    drop_cascade=args.drop_on_destroy, opts=chained(keep)))
+        for extension in args.extensions:
+            after(postgresql.Extension(f"{name}-ext-{extension}", name=extension, schema="public",
+                                       database=database, opts=chained(keep)))
+        # grants run one after the other: parallel GRANTs on one catalog row fail with "tuple concurrently updated"
+        for role in args.runtime_roles:
+            after(postgresql.Grant(f"{name}-{role}-usage", database=database, role=role, schema=schema_name,
+                                   object_type="schema", privileges=["USAGE"], opts=chained()))
+            if args.schema:  # future tables of later migrations; in public this would reach other apps' tables
+                after(postgresql.DefaultPrivileges(
+                    f"{name}-{role}-default-tables", database=database, role=role, schema=schema_name,
+                    owner=conn.username, object_type="table", privileges=TABLE_PRIVILEGES, opts=chained()))
+                after(postgresql.DefaultPrivileges(
+                    f"{name}-{role}-default-sequences", database=database, role=role, schema=schema_name,
+                    owner=conn.username, object_type="sequence", privileges=SEQUENCE_PRIVILEGES, opts=chained()))
+
+        migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained()))
+
+        history_schema, history_name = target.history_parts
+        managed = managed_objects(migrate.engine.render_all(files, target).values(), args.schema)
+        explicit = not args.schema or history_schema == schema_name
+        for role in args.runtime_roles:
+            tables = [t for t in managed.tables if not (history_schema == schema_name and t == history_name)]
+            if tables or not explicit:
+                after(postgresql.Grant(f"{name}-{role}-tables", database=database, role=role, schema=schema_name,
+                                       object_type="table", privileges=TABLE_PRIVILEGES,
+                                       objects=tables if explicit else [], opts=chained()))
+            if managed.sequences or not explicit:
+                after(postgresql.Grant(f"{name}-{role}-sequences", database=database, role=role,
+                                       schema=schema_name, object_type="sequence", privileges=SEQUENCE_PRIVILEGES,
+                                       objects=managed.sequences if explicit else [], opts=chained()))
+            if history_schema != schema_name:
+                after(postgresql.Grant(f"{name}-{role}-history-usage", database=database, role=role,
+                                       schema=history_schema, object_type="schema", privileges=["USAGE"],
+                                       opts=chained()))
+            after(postgresql.Grant(f"{name}-{role}-history", database=database, role=role, schema=history_schema,
+                                   object_type="table", privileges=["SELECT"], objects=[history_name],
+                                   opts=chained()))
+
+        self.schema_name = pulumi.Output.from_input(schema_name)
+        self.module_name = pulumi.Output.from_input(target.module)
+        self.history_table = pulumi.Output.from_input(target.history_display)
+        self.applied = migrations.applied
+        self.checksums = migrations.checksums
+        self.pending = migrations.pending
+        self.register_outputs({"schema_name": self.schema_name, "module_name": self.module_name,
+                               "history_table": self.history_table, "applied": self.applied,
+                               "checksums": self.checksums, "pending": self.pending})
+
+
+def _check_args(args: MigratedSchemaArgs) -> None:
+    try:
+        if args.schema is not None:
+            check_identifier(args.schema, "schema (MigratedSchemaArgs.schema)")
+        for extension in args.extensions:
+            check_identifier(extension, "extension name (MigratedSchemaArgs.extensions)")
+        for role in args.runtime_roles:
+            check_identifier(role, "runtime role (MigratedSchemaArgs.runtime_roles)")
+    except migrate.MigrationError as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+
+def _claim_history(name: str, conn: ConnectionArgs, target: migrate.Target) -> None:
+    key = (str(conn.database), str(conn.host), str(conn.port), target.history_display, target.module)
+    schema = target.schema or "public"
+    other = _HISTORIES.get(key)
+    if other and other[1] != schema:
+        raise pulumi.RunError(
+            f"MigratedSchema {name!r} (schema {schema}) and {other[0]!r} (schema {other[1]}) would share the "
+            f"history of module {target.module!r} in {target.history_display}: their histories would collide.\n"
+            "Remedy: give each component its own module_name, or its own history_table "
+            f"(e.g. {schema}.schema_migrations)")
+    _HISTORIES[key] = (name, schema)

@@ -1,0 +1,50 @@
+"""Shared fixtures: the embedded PostgreSQL (its own data folder for tests) and a fresh database per test."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tools.pgserver import Server  # noqa: E402
+
+TEST_PG_DIR = Path(os.environ.get("LLMEMORY_TEST_PG_DIR", ROOT / ".state" / "pg-test"))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Server:
+    return Server(TEST_PG_DIR.resolve()).start()
+
+
+@pytest.fixture
+def database(pg_server: Server):
+    """A fresh database with pgvector; yields its conninfo string; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = pg_server.dsn(database=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    yield dsn
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def conn(database):
+    with psycopg.connect(database, autocommit=True) as connection:
+        yield connection
+
+
+def write(directory: Path, files: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
+        (directory / name).write_bytes(data)
+    return directory
