@@ -9,6 +9,7 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from . import migrate
+from .migrate.objects import managed_objects
 from .provider import MigrationsProvider
 
 
@@ -75,8 +76,11 @@ class Migrations(Resource):
     checksums: pulumi.Output[dict]
     pending: pulumi.Output[list]
 
-    def __init__(self, name: str, args: MigrationsArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: MigrationsArgs, opts: Optional[pulumi.ResourceOptions] = None,
+                 managed_tables: Optional[list] = None) -> None:
         target, files = validate(args)
+        if managed_tables is None:
+            managed_tables = managed_objects(migrate.engine.render_all(files, target).values(), target.schema).tables
         conn = ConnectionArgs.from_config(args.connection)
         props: Dict[str, Any] = dict(
             migrations_dir=project_relative(str(args.migrations_dir)),
@@ -86,7 +90,7 @@ class Migrations(Resource):
             database=conn.database, sslmode=conn.sslmode,
             lock_wait_timeout=target.lock_wait_timeout, lock_timeout=target.lock_timeout or 0,
             statement_timeout=target.statement_timeout or 0, strict=target.strict,
-            drop_on_destroy=bool(args.drop_on_destroy),
+            drop_on_destroy=bool(args.drop_on_destroy), managed_tables=list(managed_tables),
             schema_name=None, applied=None, pending=None, missing=None)
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(MigrationsProvider(), name, props, opts)

@@ -20,7 +20,7 @@ from .migrate.errors import MigrationError
 # Inputs whose change is a reason to run the engine again (never a replacement: applying is an update).
 TRACKED = ("checksums", "schema", "module_name", "history_table", "host", "port", "username", "password",
            "database", "sslmode", "lock_wait_timeout", "lock_timeout", "statement_timeout", "strict",
-           "drop_on_destroy")
+           "drop_on_destroy", "managed_tables")
 
 
 def _target(props: Dict[str, Any]) -> migrate.Target:
@@ -146,9 +146,11 @@ class MigrationsProvider(ResourceProvider):
             print(f"migrations: kept the tables and history of {where}; "
                   "set drop_on_destroy (llmemory-db:dropOnDestroy) to drop them on destroy")
             return
+        tables = [] if target.schema else list(props.get("managed_tables") or [])
         try:
             with _connect(props) as conn:
-                migrate.forget(conn, target)
+                migrate.forget(conn, target, drop_tables=tables)
         except MigrationError as exc:
             raise _fail(exc) from None
-        print(f"migrations: forgot the history of {where}")
+        dropped = f"dropped tables {', '.join(tables)} and " if tables else ""
+        print(f"migrations: {dropped}forgot the history of {where}")

@@ -17,6 +17,9 @@ SEQUENCE_PRIVILEGES = ["USAGE", "SELECT"]
 
 # (database, host, port, history table, module) -> (component name, schema): two components must not share a history
 _HISTORIES: Dict[Tuple, Tuple[str, str]] = {}
+# (provider, database, extension) -> the one Extension resource of this program: extensions are per database,
+# and two CREATE EXTENSION IF NOT EXISTS running at once race on pg_extension's unique index
+_EXTENSIONS: Dict[Tuple, postgresql.Extension] = {}
 
 
 @dataclass
@@ -82,15 +85,21 @@ class MigratedSchema(pulumi.ComponentResource):
             previous[:] = [resource]
             return resource
 
-        def chained(*extra: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(previous)), *extra)
+        def chained(extra: Optional[pulumi.ResourceOptions] = None) -> pulumi.ResourceOptions:
+            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(previous)))
+            return pulumi.ResourceOptions.merge(opts, extra) if extra else opts
 
         if args.schema:
             after(postgresql.Schema(f"{name}-schema", name=args.schema, database=database, if_not_exists=True,
                                     drop_cascade=args.drop_on_destroy, opts=chained(keep)))
         for extension in args.extensions:
-            after(postgresql.Extension(f"{name}-ext-{extension}", name=extension, schema="public",
-                                       database=database, opts=chained(keep)))
+            # shared by everything in the database: created if missing, never dropped by destroy
+            key = (id(args.provider), str(database), extension)
+            if key not in _EXTENSIONS:
+                _EXTENSIONS[key] = postgresql.Extension(
+                    f"{name}-ext-{extension}", name=extension, schema="public", database=database,
+                    opts=chained(pulumi.ResourceOptions(retain_on_delete=True)))
+            after(_EXTENSIONS[key])
         # grants run one after the other: parallel GRANTs on one catalog row fail with "tuple concurrently updated"
         for role in args.runtime_roles:
             after(postgresql.Grant(f"{name}-{role}-usage", database=database, role=role, schema=schema_name,
@@ -103,10 +112,11 @@ class MigratedSchema(pulumi.ComponentResource):
                     f"{name}-{role}-default-sequences", database=database, role=role, schema=schema_name,
                     owner=conn.username, object_type="sequence", privileges=SEQUENCE_PRIVILEGES, opts=chained()))
 
-        migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained()))
-
         history_schema, history_name = target.history_parts
         managed = managed_objects(migrate.engine.render_all(files, target).values(), args.schema)
+        migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(),
+                                      managed_tables=managed.tables))
+
         explicit = not args.schema or history_schema == schema_name
         for role in args.runtime_roles:
             tables = [t for t in managed.tables if not (history_schema == schema_name and t == history_name)]

@@ -49,6 +49,7 @@ def env(pg_server, tmp_path):
         root = project
         backend = tmp_path / "backend"
         logs = []
+        roles = []
 
         def stack(self, components, stack_name="test"):
             return h.stack(project, self.backend, pg_server, name, stack_name,
@@ -71,9 +72,12 @@ def env(pg_server, tmp_path):
             self.logs.extend(lines)
             return result, "\n".join(lines)
 
-    yield Env()
+    env = Env()
+    yield env
     with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for role in env.roles:  # roles are cluster-wide; their grants went with the database
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 def tables(env, schema):
@@ -87,6 +91,7 @@ def history(env, table="public.schema_migrations", module="aword_memory"):
 def test_lifecycle_schema_mode(env):
     role = f"app_{uuid.uuid4().hex[:8]}"
     env.sql(f"CREATE ROLE {role} LOGIN PASSWORD 'runtime-pw'")
+    env.roles.append(role)
     stack = env.stack([{"name": "db", "schema": "llmemory", "runtime_roles": [role]}])
 
     # first up creates schema, extension, tables, history, grants
@@ -170,12 +175,26 @@ def test_bad_inputs_fail_at_preview_and_apply_nothing(env):
 
 
 def test_standalone_mode_and_drop_on_destroy(env):
+    env.sql("CREATE TABLE other_app (id int)")  # another application's table in public
     stack = env.stack([{"name": "db", "drop_on_destroy": True}])
     result, _ = env.up(stack)
     assert result.outputs["db_schema"].value == "public"
-    assert {"documents", "chunks", "schema_migrations"} <= set(tables(env, "public"))
+    assert {"documents", "chunks", "schema_migrations", "other_app"} <= set(tables(env, "public"))
     stack.destroy(on_output=env.logs.append)
     assert history(env) == []  # the module's history is forgotten
+    remaining = set(tables(env, "public"))
+    assert "documents" not in remaining and "chunks" not in remaining
+    assert {"other_app", "schema_migrations"} <= remaining  # not ours: kept
+    assert env.sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]  # shared: kept
+
+
+def test_schema_mode_drop_on_destroy_drops_the_schema(env):
+    stack = env.stack([{"name": "db", "schema": "doomed", "drop_on_destroy": True}])
+    env.up(stack)
+    assert tables(env, "doomed") == ["chunks", "documents"]
+    stack.destroy(on_output=env.logs.append)
+    assert env.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'doomed'") == [(0,)]
+    assert history(env) == []
 
 
 def test_two_schemas_in_one_stack_and_colliding_histories_rejected(env):

@@ -1,6 +1,7 @@
 """The engine against the embedded PostgreSQL 18: apply, idempotence, failures, locks, history compatibility."""
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -197,10 +198,11 @@ def test_concurrent_appliers_record_each_migration_once(pg_server, database, tmp
 
 
 def test_permission_denied_for_extension_gets_the_spec_remedy(conn, database, tmp_path):
-    conn.execute("CREATE ROLE migrator LOGIN PASSWORD 'migrator-secret-pw'")
-    conn.execute("GRANT CREATE ON SCHEMA public TO migrator")
+    role = f"migrator_{uuid.uuid4().hex[:8]}"  # roles are cluster-wide
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'migrator-secret-pw'")
+    conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
     conn.execute("DROP EXTENSION IF EXISTS vector")
-    dsn = database.replace("user=postgres", "user=migrator").split("password=")[0] + \
+    dsn = database.replace("user=postgres", f"user={role}").split("password=")[0] + \
         "password=migrator-secret-pw " + database.split("password=")[1].split(" ", 1)[1]
     with migrate.connect(dsn) as other:
         with pytest.raises(StatementError) as info:
@@ -209,6 +211,7 @@ def test_permission_denied_for_extension_gets_the_spec_remedy(conn, database, tm
     assert 'permission denied to create extension "vector"' in text
     assert "SUPERUSER" in text and "CREATE EXTENSION IF NOT EXISTS vector" in text
     assert "migrator-secret-pw" not in text
+    conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 def test_wrong_password_is_one_clear_error_without_the_password(database):

@@ -183,9 +183,16 @@ def _lock_sql(target: Target) -> sql.Composed:
 
 
 def _create_history_table(conn: psycopg.Connection, target: Target) -> None:
-    """Create the history table (pgdbm's columns plus ``version``) under the module lock."""
+    """Create the history table (pgdbm's columns plus ``version``).
+
+    Serialised by a lock on the table's name (several modules can share one history table); a concurrent
+    creator that takes no lock (pgdbm creates its table before locking) makes CREATE ... IF NOT EXISTS fail
+    with a duplicate in the catalog, which means the table is there: fine.
+    """
     schema, table = target.history_parts
-    with _locked_transaction(conn, target):
+    conn.execute(sql.SQL("BEGIN; SELECT pg_advisory_xact_lock(hashtext({}))").format(
+        sql.Literal(f"llmemory_db_history_{schema}.{table}")))
+    try:
         if not _schema_exists(conn, schema):
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL(
@@ -201,6 +208,15 @@ def _create_history_table(conn: psycopg.Connection, target: Target) -> None:
             " UNIQUE(filename, module_name))").format(target.history_ident))
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (module_name, filename)").format(
             sql.Identifier(f"idx_{table}_module"), target.history_ident))
+        conn.execute("COMMIT")
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
+        conn.execute("ROLLBACK")
+        if not _history_exists(conn, target):
+            raise
+    except BaseException:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _schema_exists(conn: psycopg.Connection, schema: str) -> bool:
@@ -338,6 +354,17 @@ def _insert_history(conn: psycopg.Connection, target: Target, migration: Migrati
 def apply(conn: psycopg.Connection, target: Target, *,
           on_progress: Optional[Callable[[str], None]] = None) -> ApplyResult:
     """Apply every pending migration of ``target``; each with its history row in one transaction."""
+    try:
+        return _apply(conn, target, on_progress)
+    except psycopg.Error as exc:  # outside a migration's statements: history table, lock, catalog queries
+        failure = _failure(exc)
+        raise MigrationError(
+            f"Database error while reading or writing the migration history {target.history_display}: "
+            f"{failure.message}" + (f" (SQLSTATE {failure.sqlstate})" if failure.sqlstate else ""),
+            remedy=_remedy_for(failure, target) if failure.sqlstate != "" else "check the server log") from None
+
+
+def _apply(conn: psycopg.Connection, target: Target, on_progress: Optional[Callable[[str], None]]) -> ApplyResult:
     started = time.perf_counter()
     files = load(target.migrations_dir)
     current = status(conn, target, files)
@@ -409,11 +436,17 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
             sql.Literal(target.module)))
 
 
-def forget(conn: psycopg.Connection, target: Target) -> int:
-    """Delete this module's history rows (the spec's development reset); returns how many."""
+def forget(conn: psycopg.Connection, target: Target, drop_tables: Sequence[str] = ()) -> int:
+    """Delete this module's history rows (the spec's development reset); returns how many.
+
+    ``drop_tables`` (standalone mode, where there is no schema to drop) are dropped in the same transaction.
+    """
     if not _history_exists(conn, target):
         return 0
     with _locked_transaction(conn, target):
+        for table in drop_tables:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                sql.Identifier(target.schema or "public", check_identifier(table, "table name"))))
         cur = conn.execute(sql.SQL("DELETE FROM {} WHERE module_name = %s").format(target.history_ident),
                            (target.module,))
         return cur.rowcount
