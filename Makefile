@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STACK ?= dev
 export PULUMI_BACKEND_URL ?= file://$(STATE)/pulumi
 export PULUMI_SKIP_UPDATE_CHECK := true
+# the Python language host runs `pip list` for every program run: no network check of pip itself
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # the dev stack's secrets use a fixed development passphrase; other stacks bring their own
 ifeq ($(STACK),dev)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase

@@ -22,6 +22,7 @@ db = MigratedSchema(
         runtime_roles=runtime_roles,
         drop_on_destroy=config.get_bool("dropOnDestroy") or False,
         strict=config.get_bool("strict") or False,
+        accept_schema_drift=config.get_bool("acceptSchemaDrift") or False,
     ),
     opts=pulumi.ResourceOptions(depends_on=roles),
 )
@@ -32,3 +33,4 @@ pulumi.export("history_table", db.history_table)
 pulumi.export("applied", db.applied)
 pulumi.export("checksums", db.checksums)
 pulumi.export("pending", db.pending)
+pulumi.export("fingerprint", db.fingerprint)

@@ -1,9 +1,10 @@
 """``Migrations``: a dynamic resource that applies a directory of templated SQL migrations."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import pulumi
 from pulumi.dynamic import Resource
@@ -59,6 +60,8 @@ class MigrationsArgs:
     statement_timeout: Optional[float] = None
     strict: bool = False
     drop_on_destroy: bool = False
+    extensions: Sequence[str] = ()          # watched for drift (missing, other version); not created here
+    accept_schema_drift: bool = False       # record the live schema as it is instead of stopping on drift
 
 
 class Migrations(Resource):
@@ -75,12 +78,14 @@ class Migrations(Resource):
     applied: pulumi.Output[list]
     checksums: pulumi.Output[dict]
     pending: pulumi.Output[list]
+    fingerprint: pulumi.Output[str]
+    drift: pulumi.Output[list]
 
     def __init__(self, name: str, args: MigrationsArgs, opts: Optional[pulumi.ResourceOptions] = None,
-                 managed_tables: Optional[list] = None) -> None:
-        target, files = validate(args)
-        if managed_tables is None:
-            managed_tables = managed_objects(migrate.engine.render_all(files, target).values(), target.schema).tables
+                 validated: Optional[tuple] = None) -> None:
+        target, files = validated or validate(args)  # (target, files) when the caller validated already
+        managed = managed_objects(migrate.engine.render_all(files, target).values(), target.schema)
+        self.managed = managed  # what the migrations create (tables, sequences, views, functions), for grants
         conn = ConnectionArgs.from_config(args.connection)
         props: Dict[str, Any] = dict(
             migrations_dir=project_relative(str(args.migrations_dir)),
@@ -90,8 +95,10 @@ class Migrations(Resource):
             database=conn.database, sslmode=conn.sslmode,
             lock_wait_timeout=target.lock_wait_timeout, lock_timeout=target.lock_timeout or 0,
             statement_timeout=target.statement_timeout or 0, strict=target.strict,
-            drop_on_destroy=bool(args.drop_on_destroy), managed_tables=list(managed_tables),
-            schema_name=None, applied=None, pending=None, missing=None)
+            drop_on_destroy=bool(args.drop_on_destroy), managed=dataclasses.asdict(managed),
+            extensions=list(args.extensions), accept_schema_drift=bool(args.accept_schema_drift),
+            schema_name=None, applied=None, pending=None, missing=None, objects=None, fingerprint=None,
+            drift=None)
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(MigrationsProvider(), name, props, opts)
 

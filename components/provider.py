@@ -15,12 +15,19 @@ from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult,
                             UpdateResult)
 
 from . import migrate
+from .migrate import drift as drift_mod
 from .migrate.errors import MigrationError
+from .migrate.objects import ManagedObjects
 
 # Inputs whose change is a reason to run the engine again (never a replacement: applying is an update).
 TRACKED = ("checksums", "schema", "module_name", "history_table", "host", "port", "username", "password",
            "database", "sslmode", "lock_wait_timeout", "lock_timeout", "statement_timeout", "strict",
-           "drop_on_destroy", "managed_tables")
+           "drop_on_destroy", "managed", "extensions", "accept_schema_drift")
+
+DRIFT_REMEDY = (
+    "undo the manual change, or write a migration that makes it (and apply it with pulumi up), or accept the "
+    "current schema as it is: set accept_schema_drift (config llmemory-db:acceptSchemaDrift true) for one "
+    "`pulumi up`, which records the new fingerprint, then unset it")
 
 
 def _target(props: Dict[str, Any]) -> migrate.Target:
@@ -49,6 +56,17 @@ def _connect(props: Dict[str, Any]):
         host=props.get("host") or "localhost", port=int(props.get("port") or 5432),
         user=props.get("username") or "postgres", password=props.get("password") or None,
         dbname=props.get("database") or "postgres", sslmode=props.get("sslmode") or "prefer")
+
+
+def _managed(props: Dict[str, Any]) -> ManagedObjects:
+    managed = props.get("managed") or {}
+    return ManagedObjects(**{k: list(managed.get(k) or []) for k in ("tables", "sequences", "views", "functions")})
+
+
+def _inspect(conn, props: Dict[str, Any], target: migrate.Target) -> Dict[str, str]:
+    history_schema, history_name = target.history_parts
+    exclude = [history_name] if history_schema == (target.schema or "public") else []
+    return drift_mod.inspect(conn, target.schema, _managed(props), props.get("extensions") or [], exclude)
 
 
 def resource_id(props: Dict[str, Any]) -> str:
@@ -86,6 +104,10 @@ class MigrationsProvider(ResourceProvider):
                 raise _fail(migrate.ChecksumMismatchError(modified, news.get("module_name"),
                                                           news.get("history_table")))
         changed = [key for key in TRACKED if olds.get(key) != news.get(key)]
+        drifted = olds.get("drift") or []
+        if drifted:
+            changed.append("drift")
+            print(f"migrations {resource_id(news)}: schema drift:\n  " + "\n  ".join(drifted))
         if changed:
             pending = [name for name in sorted(new_sums) if name not in old_sums or not same_target]
             if pending:
@@ -95,11 +117,22 @@ class MigrationsProvider(ResourceProvider):
                 print(f"migrations {resource_id(news)}: recorded but not on disk: {', '.join(forgotten)}")
         return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
 
-    def _apply(self, props: Dict[str, Any]) -> Dict[str, Any]:
+    def _apply(self, props: Dict[str, Any], recorded: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+        """Apply pending files; first, if a fingerprint was recorded, refuse to build on a drifted schema."""
         target = _target(props)
         try:
             with _connect(props) as conn:
+                if recorded is not None:
+                    differences = drift_mod.compare(recorded, _inspect(conn, props, target))
+                    if differences and not props.get("accept_schema_drift"):
+                        raise Exception(
+                            f"Schema drift in {target.schema or 'public'} (module {target.module}): objects the "
+                            "migrations manage were changed outside Pulumi; nothing was applied:\n  "
+                            + "\n  ".join(differences) + f"\nRemedy: {DRIFT_REMEDY}")
+                    if differences:
+                        print("migrations: accepted schema drift:\n  " + "\n  ".join(differences))
                 result = migrate.apply(conn, target)
+                objects = _inspect(conn, props, target)
         except MigrationError as exc:
             raise _fail(exc) from None
         expected = props.get("checksums") or {}
@@ -113,14 +146,17 @@ class MigrationsProvider(ResourceProvider):
             print(f"warning: {warning}")
         outs = dict(props)
         outs.update(schema_name=target.schema or "public", applied=sorted(result.checksums),
-                    checksums=result.checksums, pending=[], missing=result.missing)
+                    checksums=result.checksums, pending=[], missing=result.missing, objects=objects,
+                    fingerprint=drift_mod.fingerprint(objects), drift=[])
         return outs
 
     def create(self, props: Dict[str, Any]) -> CreateResult:
         return CreateResult(id_=resource_id(props), outs=self._apply(props))
 
-    def update(self, _id: str, _olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs=self._apply(news))
+    def update(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
+        same_target = all(olds.get(k) == news.get(k) for k in ("schema", "database", "host", "port"))
+        recorded = olds.get("objects") if same_target and olds.get("objects") is not None else None
+        return UpdateResult(outs=self._apply(news, recorded))
 
     def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
         """Live history: rows deleted or changed outside Pulumi show up as a diff against the inputs."""
@@ -129,13 +165,15 @@ class MigrationsProvider(ResourceProvider):
             with _connect(props) as conn:
                 current = migrate.status(conn, target)
                 recorded = migrate.read_history(conn, target) if current.history_exists else {}
+                live = _inspect(conn, props, target)
         except MigrationError as exc:
             raise _fail(exc) from None
         on_disk = set(props.get("checksums") or {})
         outs = dict(props)
         outs.update(checksums={name: recorded[name] for name in sorted(recorded) if name in on_disk},
                     applied=sorted(name for name in recorded if name in on_disk),
-                    pending=[m.filename for m in current.plan.pending], missing=current.plan.missing)
+                    pending=[m.filename for m in current.plan.pending], missing=current.plan.missing,
+                    drift=drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else [])
         inputs = {key: props[key] for key in props if key in TRACKED or key == "migrations_dir"}
         return ReadResult(id_=id_, outs=outs, inputs=inputs)
 
@@ -146,7 +184,7 @@ class MigrationsProvider(ResourceProvider):
             print(f"migrations: kept the tables and history of {where}; "
                   "set drop_on_destroy (llmemory-db:dropOnDestroy) to drop them on destroy")
             return
-        tables = [] if target.schema else list(props.get("managed_tables") or [])
+        tables = [] if target.schema else _managed(props).tables
         try:
             with _connect(props) as conn:
                 migrate.forget(conn, target, drop_tables=tables)

@@ -8,7 +8,6 @@ import pulumi
 import pulumi_postgresql as postgresql
 
 from . import migrate
-from .migrate.objects import managed_objects
 from .migrate.render import check_identifier
 from .migrations import ConnectionArgs, Migrations, MigrationsArgs, validate
 
@@ -36,6 +35,7 @@ class MigratedSchemaArgs:
     connection:      :class:`ConnectionArgs`; gaps are filled from the stack's ``postgresql:`` config
     provider:        a ``pulumi_postgresql.Provider`` for the schema/extension/grant resources
     drop_on_destroy: ``pulumi destroy`` drops the schema and forgets the module's history (default: keep data)
+    accept_schema_drift: on the next update record the live schema as it is instead of stopping on drift
     """
 
     schema: Optional[str] = None
@@ -50,6 +50,7 @@ class MigratedSchemaArgs:
     statement_timeout: Optional[float] = None
     strict: bool = False
     drop_on_destroy: bool = False
+    accept_schema_drift: bool = False
     provider: Optional[postgresql.Provider] = None
 
 
@@ -60,6 +61,8 @@ class MigratedSchema(pulumi.ComponentResource):
     applied: pulumi.Output[list]
     checksums: pulumi.Output[dict]
     pending: pulumi.Output[list]
+    fingerprint: pulumi.Output[str]
+    drift: pulumi.Output[list]
 
     def __init__(self, name: str, args: Optional[MigratedSchemaArgs] = None,
                  opts: Optional[pulumi.ResourceOptions] = None) -> None:
@@ -70,7 +73,8 @@ class MigratedSchema(pulumi.ComponentResource):
             migrations_dir=args.migrations_dir, schema=args.schema, module_name=args.module_name,
             history_table=args.history_table, connection=args.connection,
             lock_wait_timeout=args.lock_wait_timeout, lock_timeout=args.lock_timeout,
-            statement_timeout=args.statement_timeout, strict=args.strict, drop_on_destroy=args.drop_on_destroy)
+            statement_timeout=args.statement_timeout, strict=args.strict, drop_on_destroy=args.drop_on_destroy,
+            extensions=tuple(args.extensions), accept_schema_drift=args.accept_schema_drift)
         target, files = validate(migration_args)
         conn = ConnectionArgs.from_config(args.connection)
         _claim_history(name, conn, target)
@@ -112,10 +116,10 @@ class MigratedSchema(pulumi.ComponentResource):
                     f"{name}-{role}-default-sequences", database=database, role=role, schema=schema_name,
                     owner=conn.username, object_type="sequence", privileges=SEQUENCE_PRIVILEGES, opts=chained()))
 
-        history_schema, history_name = target.history_parts
-        managed = managed_objects(migrate.engine.render_all(files, target).values(), args.schema)
         migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(),
-                                      managed_tables=managed.tables))
+                                      validated=(target, files)))
+        history_schema, history_name = target.history_parts
+        managed = migrations.managed
 
         explicit = not args.schema or history_schema == schema_name
         for role in args.runtime_roles:
@@ -142,9 +146,12 @@ class MigratedSchema(pulumi.ComponentResource):
         self.applied = migrations.applied
         self.checksums = migrations.checksums
         self.pending = migrations.pending
+        self.fingerprint = migrations.fingerprint
+        self.drift = migrations.drift
         self.register_outputs({"schema_name": self.schema_name, "module_name": self.module_name,
                                "history_table": self.history_table, "applied": self.applied,
-                               "checksums": self.checksums, "pending": self.pending})
+                               "checksums": self.checksums, "pending": self.pending,
+                               "fingerprint": self.fingerprint, "drift": self.drift})
 
 
 def _check_args(args: MigratedSchemaArgs) -> None:

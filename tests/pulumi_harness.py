@@ -36,6 +36,7 @@ def pulumi_env(backend: Path) -> Dict[str, str]:
         "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
         "PULUMI_BACKEND_URL": f"file://{backend}",
         "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
     }
 

@@ -17,6 +17,8 @@ SERIAL_TYPES = {"serial", "serial4", "bigserial", "serial8", "smallserial", "ser
 class ManagedObjects:
     tables: List[str] = field(default_factory=list)
     sequences: List[str] = field(default_factory=list)
+    views: List[str] = field(default_factory=list)
+    functions: List[str] = field(default_factory=list)
 
 
 def _in_target(rangevar, schema: Optional[str]) -> bool:
@@ -44,6 +46,14 @@ def managed_objects(rendered: Iterable[str], schema: Optional[str]) -> ManagedOb
                         _add(found.sequences, f"{table}_{element.colname}_seq")
             elif kind == "CreateSeqStmt" and _in_target(stmt.sequence, schema):
                 _add(found.sequences, stmt.sequence.relname)
+            elif kind == "ViewStmt" and _in_target(stmt.view, schema):
+                _add(found.views, stmt.view.relname)
+            elif kind == "CreateTableAsStmt" and _in_target(stmt.into.rel, schema):
+                _add(found.views if stmt.objtype.name == "OBJECT_MATVIEW" else found.tables, stmt.into.rel.relname)
+            elif kind == "CreateFunctionStmt":
+                names = [n.sval for n in stmt.funcname]
+                if (names[0] == schema if len(names) > 1 else True) or (not schema and names[0] == "public"):
+                    _add(found.functions, names[-1])
     return found
 
 

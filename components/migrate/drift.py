@@ -1,0 +1,100 @@
+"""Schema drift: a fingerprint of the objects a module's migrations manage, read from the catalog in one query.
+
+``inspect`` returns ``{"<kind> <schema>.<name>": "<definition hash>"}``; ``compare`` turns two such maps
+into readable lines (``index llmemory.idx_x: missing``, ``column llmemory.documents.extra: added``).
+Managed objects: in schema mode everything in the schema (but the history table and extension members);
+in standalone mode only the tables, sequences, views and functions the migrations create, so other
+applications' objects in ``public`` are never drift.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Dict, List, Optional, Sequence
+
+import psycopg
+
+from .objects import ManagedObjects
+
+_QUERY = """
+WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = %(schema)s),
+rels AS (
+  SELECT c.oid, c.relname, c.relkind FROM pg_class c JOIN ns ON c.relnamespace = ns.oid
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+    AND (%(all)s OR c.relname = ANY(%(names)s))
+    AND NOT (c.relname = ANY(%(exclude)s))
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype = 'e')
+    AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
+                    WHERE d.objid = c.oid AND d.deptype IN ('a', 'i') AND t.relname = ANY(%(exclude)s)))
+)
+SELECT 'table', relname, relkind::text FROM rels WHERE relkind IN ('r', 'p', 'f')
+UNION ALL
+SELECT 'column', r.relname || '.' || a.attname,
+       format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '') || ' ' || a.attgenerated::text
+       || ' ' || a.attidentity::text
+  FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+  WHERE r.relkind IN ('r', 'p', 'f')
+UNION ALL
+SELECT 'constraint', r.relname || '.' || con.conname, pg_get_constraintdef(con.oid)
+  FROM rels r JOIN pg_constraint con ON con.conrelid = r.oid
+UNION ALL
+SELECT 'index', i.relname, pg_get_indexdef(i.oid)
+  FROM rels r JOIN pg_index x ON x.indrelid = r.oid JOIN pg_class i ON i.oid = x.indexrelid
+UNION ALL
+SELECT 'view', relname, pg_get_viewdef(oid) FROM rels WHERE relkind IN ('v', 'm')
+UNION ALL
+SELECT 'sequence', r.relname, format_type(s.seqtypid, NULL) || ' ' || s.seqincrement || ' ' || s.seqmin
+       || ' ' || s.seqmax || ' ' || s.seqcycle
+  FROM rels r JOIN pg_sequence s ON s.seqrelid = r.oid
+UNION ALL
+SELECT 'trigger', r.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
+  FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+       p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', pg_get_functiondef(p.oid)
+  FROM pg_proc p JOIN ns ON p.pronamespace = ns.oid
+  WHERE p.prokind IN ('f', 'p') AND (%(all)s OR p.proname = ANY(%(functions)s))
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                    AND d.deptype = 'e')
+UNION ALL
+SELECT 'extension', e.extname, e.extversion FROM pg_extension e WHERE e.extname = ANY(%(extensions)s)
+"""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def inspect(conn: psycopg.Connection, schema: Optional[str], managed: ManagedObjects,
+            extensions: Sequence[str] = (), exclude: Sequence[str] = ()) -> Dict[str, str]:
+    """Live fingerprint of the managed objects (one query)."""
+    namespace = schema or "public"
+    rows = conn.execute(_QUERY, {
+        "schema": namespace, "all": bool(schema),
+        "names": list(managed.tables) + list(managed.sequences) + list(managed.views),
+        "functions": list(managed.functions), "exclude": list(exclude), "extensions": list(extensions),
+    }).fetchall()
+    found = {}
+    for kind, name, definition in rows:
+        key = f"{kind} {name}" if kind == "extension" else f"{kind} {namespace}.{name}"
+        found[key] = _digest(definition or "")
+    return dict(sorted(found.items()))
+
+
+def compare(recorded: Dict[str, str], live: Dict[str, str]) -> List[str]:
+    """Readable differences between the recorded fingerprint and the live one."""
+    lines = []
+    for key in sorted(set(recorded) | set(live)):
+        if key not in live:
+            lines.append(f"{key}: missing")
+        elif key not in recorded:
+            lines.append(f"{key}: added")
+        elif recorded[key] != live[key]:
+            lines.append(f"{key}: changed")
+    return lines
+
+
+def fingerprint(objects: Dict[str, str]) -> str:
+    return _digest("\n".join(f"{k}={v}" for k, v in sorted(objects.items())))
