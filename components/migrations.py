@@ -85,7 +85,6 @@ class Migrations(Resource):
                  validated: Optional[tuple] = None) -> None:
         target, files = validated or validate(args)  # (target, files) when the caller validated already
         managed = managed_objects(migrate.engine.render_all(files, target).values(), target.schema)
-        self.managed = managed  # what the migrations create (tables, sequences, views, functions), for grants
         conn = ConnectionArgs.from_config(args.connection)
         props: Dict[str, Any] = dict(
             migrations_dir=project_relative(str(args.migrations_dir)),
@@ -101,6 +100,9 @@ class Migrations(Resource):
             drift=None)
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(MigrationsProvider(), name, props, opts)
+        # what the migrations create (tables, sequences, views, functions), for grants; a plain value, set after
+        # super().__init__, which turns every property (such as the "managed" input) into an Output attribute
+        self.managed_objects = managed
 
 
 def validate(args: MigrationsArgs):

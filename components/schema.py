@@ -119,7 +119,7 @@ class MigratedSchema(pulumi.ComponentResource):
         migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(),
                                       validated=(target, files)))
         history_schema, history_name = target.history_parts
-        managed = migrations.managed
+        managed = migrations.managed_objects
 
         explicit = not args.schema or history_schema == schema_name
         for role in args.runtime_roles:
