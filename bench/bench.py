@@ -30,6 +30,11 @@ from components.migrate import load, render  # noqa: E402
 from tools.pgserver import Server, bin_dir  # noqa: E402
 
 PY = sys.executable
+TOOLS = ["psql_floor", "engine", "pgdbm", "dbmate", "yoyo"]
+UNAVAILABLE = {
+    "flyway": "Flyway's command line needs its own JRE bundle or a Maven build of flyway-commandline with its "
+              "database plugins; not attempted in this harness yet (dbmate and yoyo cover the peer tools)",
+}
 SCHEMA = "bench"
 
 
@@ -73,6 +78,7 @@ class Bench:
             conn.execute(f'CREATE DATABASE "{name}"')
         with psycopg.connect(self.server.dsn(database=name), autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {SCHEMA}")
+            conn.execute("CHECKPOINT")  # every tool starts with the same amount of unflushed WAL: none
         return name
 
     def drop_db(self, name: str) -> None:
@@ -113,12 +119,35 @@ class Bench:
         """)
         return run_measured([PY, "-c", code], cwd=ROOT)
 
+    def _rendered_copy(self, mdir: Path, kind: str) -> Path:
+        """The same migrations, rendered, in the file layout a peer tool expects."""
+        out = self.workdir / f"{kind}_{mdir.name}"
+        if not out.exists():
+            out.mkdir()
+            for m in load(mdir):
+                sql_text = render(m.sql, SCHEMA, m.filename)
+                if kind == "dbmate":
+                    (out / m.filename).write_text(f"-- migrate:up\n{sql_text}\n-- migrate:down\n")
+                else:
+                    (out / m.filename).write_text(sql_text)
+        return out
+
+    def dbmate(self, mdir: Path, db: str):
+        url = self.url(db).replace("postgresql://", "postgres://") + "?sslmode=disable"
+        return run_measured([str(Path(PY).parent / "dbmate"), "--url", url, "--migrations-dir",
+                             str(self._rendered_copy(mdir, "dbmate")), "--no-dump-schema", "up"])
+
+    def yoyo(self, mdir: Path, db: str):
+        url = self.url(db).replace("postgresql://", "postgresql+psycopg://")
+        return run_measured([str(Path(PY).parent / "yoyo"), "apply", "--batch", "--no-config-file",
+                             "--database", url, str(self._rendered_copy(mdir, "yoyo"))])
+
     # ------------------------------------------------------------------ scenarios
     def apply_and_noop(self, n: int, reps: int, tools):
         mdir = make_migrations(self.workdir / f"m{n}", n)
         results = {}
         for tool in tools:
-            reps_here = 1 if (tool == "pgdbm" and n >= 1000) else reps
+            reps_here = 1 if (tool in ("pgdbm", "yoyo") and n >= 1000) else reps
             apply_t, noop_t, rss, noop_inproc = [], [], [], []
             for _ in range(reps_here):
                 db = self.fresh_db()
@@ -214,11 +243,12 @@ def main(argv=None) -> int:
     sizes = [10, 100] if args.quick else [10, 100, 1000]
     server = Server((ROOT / ".state" / "pg-bench").resolve()).start()
     results = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+               "not_measured": UNAVAILABLE,
                "apply": {}, "pulumi_files": {}, "pulumi_fanout": {}}
     with tempfile.TemporaryDirectory(prefix="llmemory-bench-") as tmp:
         bench = Bench(server, Path(tmp))
         for n in sizes:
-            results["apply"][str(n)] = bench.apply_and_noop(n, args.reps, ["psql_floor", "engine", "pgdbm"])
+            results["apply"][str(n)] = bench.apply_and_noop(n, args.reps, TOOLS)
         for n in ([1, 100] if args.quick else [1, 100, 1000]):
             results["pulumi_files"][str(n)] = bench.pulumi_files(n, args.reps)
         if not args.quick:

@@ -232,3 +232,53 @@ def test_unreachable_server_retries_with_backoff_then_fails(pg_server):
     assert time.monotonic() - started >= 0.3  # 0.1 + 0.2 of backoff
     assert "hunter2-secret" not in str(info.value)
     assert "Remedy:" in str(info.value)
+
+
+def test_error_without_a_server_position_is_located_by_replay(conn, tmp_path):
+    sql = "CREATE TABLE dup (id int);\n-- again:\n\nCREATE TABLE dup (id int);\n"
+    with pytest.raises(StatementError) as info:
+        migrate.apply(conn, Target(write(tmp_path, {"001_dup.sql": sql})))
+    assert (info.value.line, info.value.sqlstate) == (4, "42P07")
+    assert 'relation "dup" already exists' in str(info.value)
+    assert "dup" not in tables_in(conn, "public")
+
+
+@pytest.mark.parametrize("text", [
+    "CREATE TABLE t (id int)",                                  # no final semicolon
+    "CREATE TABLE t (id int);\n-- a trailing comment, no newline",
+    "CREATE TABLE t (id int, pct text DEFAULT '100%', doc jsonb DEFAULT '{\"a\": {\"b\": 1}}');",
+    "CREATE TABLE t (id int);\nCOMMENT ON TABLE t IS 'it''s $1 and %s and {0}';",
+])
+def test_awkward_but_valid_files_apply_and_commit(conn, tmp_path, text):
+    result = migrate.apply(conn, Target(write(tmp_path, {"001_t.sql": text})))
+    assert result.applied == ["001_t.sql"]
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert "t" in tables_in(conn, "public") and len(history(conn)) == 1
+
+
+def test_lock_timeout_of_a_migration_statement_is_not_the_migration_lock(conn, database, tmp_path):
+    conn.execute("CREATE TABLE busy (id int)")
+    other = psycopg.connect(database)
+    other.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")  # held in an open transaction
+    try:
+        with pytest.raises(StatementError) as info:
+            migrate.apply(conn, Target(write(tmp_path, {"001_alter.sql": "ALTER TABLE busy ADD COLUMN x int;"}),
+                                       lock_timeout=0.2))
+        assert info.value.sqlstate == "55P03" and "lock_timeout" in str(info.value)
+    finally:
+        other.close()
+    assert history(conn) == []
+
+
+def test_statement_timeout(conn, tmp_path):
+    with pytest.raises(StatementError) as info:
+        migrate.apply(conn, Target(write(tmp_path, {"001_slow.sql": "SELECT 1;\nSELECT pg_sleep(5);"}),
+                                   statement_timeout=0.2))
+    assert (info.value.sqlstate, info.value.line) == ("57014", 2)
+    assert "statement_timeout" in str(info.value)
+
+
+def test_execution_time_and_applied_by_are_recorded(conn, tmp_path):
+    migrate.apply(conn, Target(write(tmp_path, {"001_sleep.sql": "SELECT pg_sleep(0.05);"})))
+    elapsed, applied_by = conn.execute("SELECT execution_time_ms, applied_by FROM schema_migrations").fetchone()
+    assert 40 <= elapsed < 2000 and applied_by == "postgres"

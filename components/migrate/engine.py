@@ -224,41 +224,29 @@ def _schema_exists(conn: psycopg.Connection, schema: str) -> bool:
 
 
 class _locked_transaction:
-    """BEGIN + the module's advisory xact lock (bounded wait) ... COMMIT, or ROLLBACK on error."""
+    """BEGIN + the module's advisory xact lock (bounded wait) + settings ... COMMIT, or ROLLBACK on error."""
 
     def __init__(self, conn: psycopg.Connection, target: Target) -> None:
         self.conn, self.target = conn, target
 
     def __enter__(self) -> None:
-        conn, target = self.conn, self.target
-        conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}").format(
-            sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms")))
+        target = self.target
+        head = [sql.SQL("BEGIN"), sql.SQL("SET LOCAL lock_timeout = {}").format(
+            sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms")), _lock_sql(target)] + _settings_sql(target)
         try:
-            conn.execute(_lock_sql(target))
+            self.conn.execute(sql.SQL("; ").join(head))
         except psycopg.errors.LockNotAvailable:
-            conn.execute("ROLLBACK")
-            raise LockTimeoutError(
-                f"Timed out after {target.lock_wait_timeout:g}s waiting for the migration lock of module "
-                f"{target.module!r}; held by {_lock_holder(conn, target)}",
-                remedy="wait for that migration run to finish and run again, raise the lock wait timeout, "
-                       "or end the stuck session with SELECT pg_terminate_backend(<pid>)") from None
-        settings = [sql.SQL("SET LOCAL lock_timeout = {}").format(
-            sql.Literal(f"{int(target.lock_timeout * 1000)}ms" if target.lock_timeout is not None else "0"))]
-        if target.statement_timeout is not None:
-            settings.append(sql.SQL("SET LOCAL statement_timeout = {}").format(
-                sql.Literal(f"{int(target.statement_timeout * 1000)}ms")))
-        if target.schema:
-            settings.append(sql.SQL("SET LOCAL search_path TO {}, public").format(sql.Identifier(target.schema)))
-        conn.execute(sql.SQL("; ").join(settings))
+            _rollback(self.conn)
+            raise _lock_timeout_error(self.conn, target) from None
+        except BaseException:
+            _rollback(self.conn)
+            raise
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.conn.execute("COMMIT")
-        elif not self.conn.closed and self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            try:
-                self.conn.execute("ROLLBACK")
-            except psycopg.Error:
-                pass
+        else:
+            _rollback(self.conn)
 
 
 def _lock_holder(conn: psycopg.Connection, target: Target) -> str:
@@ -339,18 +327,6 @@ def _run_statements(conn: psycopg.Connection, migration: Migration, rendered: st
                                  no_transaction=migration.no_transaction) from None
 
 
-def _insert_history(conn: psycopg.Connection, target: Target, migration: Migration, elapsed_ms: int,
-                    with_version: bool) -> None:
-    columns = ["filename", "checksum", "module_name", "execution_time_ms"]
-    values = [migration.filename, migration.checksum, target.module, max(1, elapsed_ms)]
-    if with_version:
-        columns.append("version")
-        values.append(migration.version)
-    conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        target.history_ident, sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Literal(v) for v in values)))
-
-
 def apply(conn: psycopg.Connection, target: Target, *,
           on_progress: Optional[Callable[[str], None]] = None) -> ApplyResult:
     """Apply every pending migration of ``target``; each with its history row in one transaction."""
@@ -382,41 +358,169 @@ def _apply(conn: psycopg.Connection, target: Target, on_progress: Optional[Calla
     skipped: List[str] = [m.filename for m in current.plan.applied]
     for migration in current.plan.pending:
         if migration.no_transaction:
-            _apply_no_transaction(conn, target, migration, rendered[migration.filename], applied, with_version)
+            done = _apply_no_transaction(conn, target, migration, rendered[migration.filename], applied,
+                                         with_version)
         else:
-            with _locked_transaction(conn, target):
-                # re-plan once the lock is held: a concurrent applier may have done this file
-                row = conn.execute(sql.SQL(
-                    "SELECT checksum FROM {} WHERE filename = %s AND (module_name = %s OR module_name IS NULL)"
-                ).format(target.history_ident), (migration.filename, target.module)).fetchone()
-                if row is not None:
-                    if row[0] != migration.checksum:
-                        plan([migration], {migration.filename: row[0]}, module=target.module,
-                             history_table=target.history_display).raise_for_mismatch()
-                    skipped.append(migration.filename)
-                    continue
-                t0 = time.perf_counter()
-                _run_statements(conn, migration, rendered[migration.filename], applied, target)
-                _insert_history(conn, target, migration, int((time.perf_counter() - t0) * 1000), with_version)
-        applied.append(migration.filename)
-        if on_progress:
+            done = _apply_in_transaction(conn, target, migration, rendered[migration.filename], applied,
+                                         with_version)
+        (applied if done else skipped).append(migration.filename)
+        if done and on_progress:
             on_progress(migration.filename)
     return ApplyResult(applied, skipped, current.plan.checksums, current.plan.missing, warnings,
                        (time.perf_counter() - started) * 1000)
 
 
+ALREADY_APPLIED = "LD001"   # raised by the head of a migration: the file is recorded already
+LOCK_WAIT_TIMEOUT = "LD002"  # raised by the head: the module's advisory lock was not granted in time
+
+
+def _head_sql(target: Target, migration: Migration) -> sql.Composed:
+    """BEGIN, the module's advisory lock (bounded wait) and the re-plan under the lock, then the settings.
+
+    The lock and the look at the history run in one DO block that raises its own SQLSTATEs, so that a
+    migration costs a single round trip and a lock timeout of the migration's own DDL is never mistaken
+    for a wait on the migration lock.
+    """
+    check = sql.SQL(
+        "DO $llmdb$BEGIN "
+        "BEGIN PERFORM pg_advisory_xact_lock(hashtext('pgdbm_migration_' || {module})); "
+        "EXCEPTION WHEN lock_not_available THEN RAISE EXCEPTION 'migration lock wait timed out' "
+        "USING ERRCODE = '" + LOCK_WAIT_TIMEOUT + "'; END; "
+        "IF EXISTS (SELECT 1 FROM {table} WHERE filename = {filename} "
+        "AND (module_name = {module} OR module_name IS NULL)) "
+        "THEN RAISE EXCEPTION 'already applied' USING ERRCODE = '" + ALREADY_APPLIED + "'; END IF; END$llmdb$").format(
+        module=sql.Literal(target.module), table=target.history_ident, filename=sql.Literal(migration.filename))
+    parts = [sql.SQL("BEGIN"), sql.SQL("SET LOCAL lock_timeout = {}").format(
+        sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms")), check] + _settings_sql(target)
+    return sql.SQL("; ").join(parts) + sql.SQL(";\n")
+
+
+def _apply_in_transaction(conn: psycopg.Connection, target: Target, migration: Migration, rendered: str,
+                          committed: List[str], with_version: bool) -> bool:
+    """One migration and its history row in one transaction and one round trip:
+    head (BEGIN, lock, re-plan, settings) + the file + its history row (execution time measured by the
+    server) + COMMIT.  Returns False when the file turned out to be applied already (by pgdbm or another
+    applier that got the lock first).
+    """
+    if "$llmdb$" in migration.filename:
+        raise MigrationFileError(f"Migration file name {migration.filename!r} contains '$llmdb$'",
+                                 remedy="rename the file", file=migration.filename)
+    head = _head_sql(target, migration).as_string(conn)
+    # "\n;" ends a last statement without a semicolon and a trailing -- comment alike
+    tail = sql.SQL("\n; {}; COMMIT").format(_insert_sql(target, migration, with_version, elapsed=sql.SQL(
+        "greatest(1, (extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::int)"))).as_string(conn)
+    try:
+        conn.execute(head + rendered + tail)  # no parameters: the text is sent as it is
+    except psycopg.Error as exc:
+        _rollback(conn)
+        sqlstate = exc.diag.sqlstate
+        if sqlstate == LOCK_WAIT_TIMEOUT:
+            raise _lock_timeout_error(conn, target) from None
+        history_schema, history_name = target.history_parts
+        if sqlstate == ALREADY_APPLIED or (
+                sqlstate == "23505" and exc.diag.table_name == history_name
+                and exc.diag.schema_name == history_schema):
+            row = conn.execute(sql.SQL(
+                "SELECT checksum FROM {} WHERE filename = %s AND (module_name = %s OR module_name IS NULL)"
+            ).format(target.history_ident), (migration.filename, target.module)).fetchone()
+            if row is not None and row[0] != migration.checksum:
+                plan([migration], {migration.filename: row[0]}, module=target.module,
+                     history_table=target.history_display).raise_for_mismatch()
+            return False
+        raise _statement_error(conn, target, migration, rendered, exc, committed, offset=len(head)) from None
+    except BaseException:
+        _rollback(conn)
+        raise
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:  # the file must not swallow COMMIT
+        _rollback(conn)
+        raise MigrationError(f"Migration {migration.filename} left its transaction open; nothing of it was applied",
+                             remedy="check the file for an unterminated statement, quote or comment",
+                             file=migration.filename)
+    return True
+
+
+def _settings_sql(target: Target) -> List[sql.Composable]:
+    settings = [sql.SQL("SET LOCAL lock_timeout = {}").format(
+        sql.Literal(f"{int(target.lock_timeout * 1000)}ms" if target.lock_timeout is not None else "0"))]
+    if target.statement_timeout is not None:
+        settings.append(sql.SQL("SET LOCAL statement_timeout = {}").format(
+            sql.Literal(f"{int(target.statement_timeout * 1000)}ms")))
+    if target.schema:
+        settings.append(sql.SQL("SET LOCAL search_path TO {}, public").format(sql.Identifier(target.schema)))
+    return settings
+
+
+def _insert_sql(target: Target, migration: Migration, with_version: bool,
+                elapsed: Union[int, sql.Composable] = 1) -> sql.Composed:
+    columns = ["filename", "checksum", "module_name", "execution_time_ms"]
+    values = [sql.Literal(migration.filename), sql.Literal(migration.checksum), sql.Literal(target.module),
+              elapsed if isinstance(elapsed, sql.Composable) else sql.Literal(max(1, elapsed))]
+    if with_version:
+        columns.append("version")
+        values.append(sql.Literal(migration.version))
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        target.history_ident, sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", ").join(values))
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass
+
+
+def _statement_error(conn: psycopg.Connection, target: Target, migration: Migration, rendered: str,
+                     exc: psycopg.Error, committed: List[str], offset: int = 0) -> StatementError:
+    """Locate the failing statement: by the server's error position, else by replaying the file statement by
+    statement in a transaction that is rolled back."""
+    failure = _failure(exc)
+    statements = lint_mod.split(rendered)
+    position = exc.diag.statement_position
+    failing = None
+    line = 1
+    if position and 0 <= int(position) - 1 - offset < len(rendered):
+        index = int(position) - 1 - offset
+        line = rendered.count("\n", 0, index) + 1
+        failing = next((s for s in reversed(statements) if s.line <= line), None)
+    else:
+        try:
+            conn.execute(sql.SQL("; ").join([sql.SQL("BEGIN")] + _settings_sql(target)))
+            for statement in statements:
+                try:
+                    conn.execute(statement.text)
+                except psycopg.Error as replay:
+                    failing, line = statement, statement.line
+                    if replay.diag.statement_position:
+                        line += statement.text[: int(replay.diag.statement_position) - 1].count("\n")
+                    failure = _failure(replay)
+                    break
+        finally:
+            _rollback(conn)
+    text = failing.text if failing else (statements[0].text if statements else rendered)
+    return StatementError(migration.filename, line, text, failure, committed,
+                          remedy=_remedy_for(failure, target), no_transaction=migration.no_transaction)
+
+
+def _lock_timeout_error(conn: psycopg.Connection, target: Target) -> LockTimeoutError:
+    return LockTimeoutError(
+        f"Timed out after {target.lock_wait_timeout:g}s waiting for the migration lock of module "
+        f"{target.module!r}; held by {_lock_holder(conn, target)}",
+        remedy="wait for that migration run to finish and run again, raise the lock wait timeout, "
+               "or end the stuck session with SELECT pg_terminate_backend(<pid>)")
+
+
 def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: Migration, rendered: str,
-                          applied: List[str], with_version: bool) -> None:
-    """pgdbm's no-transaction mode: session lock, statements one by one in autocommit."""
+                          applied: List[str], with_version: bool) -> bool:
+    """pgdbm's no-transaction mode: session lock, statements one by one in autocommit.
+
+    Returns False when the file turned out to be applied already."""
     conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms")))
     try:
         conn.execute(sql.SQL("SELECT pg_advisory_lock(hashtext('pgdbm_migration_' || {}))").format(
             sql.Literal(target.module)))
     except psycopg.errors.LockNotAvailable:
-        raise LockTimeoutError(
-            f"Timed out after {target.lock_wait_timeout:g}s waiting for the migration lock of module "
-            f"{target.module!r}; held by {_lock_holder(conn, target)}",
-            remedy="wait for that migration run to finish and run again, or raise the lock wait timeout") from None
+        raise _lock_timeout_error(conn, target) from None
     finally:
         conn.execute("RESET lock_timeout")
     try:
@@ -425,10 +529,15 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
         row = conn.execute(sql.SQL(
             "SELECT checksum FROM {} WHERE filename = %s AND (module_name = %s OR module_name IS NULL)"
         ).format(target.history_ident), (migration.filename, target.module)).fetchone()
-        if row is None:
-            t0 = time.perf_counter()
-            _run_statements(conn, migration, rendered, applied, target)
-            _insert_history(conn, target, migration, int((time.perf_counter() - t0) * 1000), with_version)
+        if row is not None:
+            if row[0] != migration.checksum:
+                plan([migration], {migration.filename: row[0]}, module=target.module,
+                     history_table=target.history_display).raise_for_mismatch()
+            return False
+        t0 = time.perf_counter()
+        _run_statements(conn, migration, rendered, applied, target)
+        conn.execute(_insert_sql(target, migration, with_version, int((time.perf_counter() - t0) * 1000)))
+        return True
     finally:
         if target.schema:
             conn.execute("RESET search_path")

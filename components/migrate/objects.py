@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
-from pglast import parser as pg_parser
+from .lint import parse
 
 SERIAL_TYPES = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
 
@@ -21,38 +21,38 @@ class ManagedObjects:
     functions: List[str] = field(default_factory=list)
 
 
-def _in_target(rangevar, schema: Optional[str]) -> bool:
-    owner = getattr(rangevar, "schemaname", None)
+def _in_target(rangevar: Optional[dict], schema: Optional[str]) -> bool:
+    owner = (rangevar or {}).get("schemaname")
     return owner == schema if schema else owner in (None, "public")
 
 
 def managed_objects(rendered: Iterable[str], schema: Optional[str]) -> ManagedObjects:
-    """Tables and sequences created in ``schema`` (None: standalone, i.e. public) by ``rendered`` SQL texts."""
+    """Tables, sequences, views and functions created in ``schema`` (None: standalone, i.e. public)."""
     found = ManagedObjects()
     for sql_text in rendered:
-        for raw in pg_parser.parse_sql(sql_text):
-            stmt = raw.stmt
-            kind = type(stmt).__name__
-            if kind == "CreateStmt" and _in_target(stmt.relation, schema):
-                table = stmt.relation.relname
+        for kind, stmt, _, _ in parse(sql_text):
+            if kind == "CreateStmt" and _in_target(stmt.get("relation"), schema):
+                table = stmt["relation"]["relname"]
                 _add(found.tables, table)
-                for element in stmt.tableElts or ():
-                    if type(element).__name__ != "ColumnDef" or element.typeName is None:
+                for element in stmt.get("tableElts") or ():
+                    column = element.get("ColumnDef")
+                    if not column or not column.get("typeName"):
                         continue
-                    type_name = element.typeName.names[-1].sval.lower()
-                    identity = any(getattr(c, "contype", None) is not None and c.contype.name == "CONSTR_IDENTITY"
-                                   for c in (element.constraints or ()))
+                    type_name = column["typeName"]["names"][-1]["String"]["sval"].lower()
+                    identity = any(c.get("Constraint", {}).get("contype") == "CONSTR_IDENTITY"
+                                   for c in column.get("constraints") or ())
                     if type_name in SERIAL_TYPES or identity:
-                        _add(found.sequences, f"{table}_{element.colname}_seq")
-            elif kind == "CreateSeqStmt" and _in_target(stmt.sequence, schema):
-                _add(found.sequences, stmt.sequence.relname)
-            elif kind == "ViewStmt" and _in_target(stmt.view, schema):
-                _add(found.views, stmt.view.relname)
-            elif kind == "CreateTableAsStmt" and _in_target(stmt.into.rel, schema):
-                _add(found.views if stmt.objtype.name == "OBJECT_MATVIEW" else found.tables, stmt.into.rel.relname)
+                        _add(found.sequences, f"{table}_{column['colname']}_seq")
+            elif kind == "CreateSeqStmt" and _in_target(stmt.get("sequence"), schema):
+                _add(found.sequences, stmt["sequence"]["relname"])
+            elif kind == "ViewStmt" and _in_target(stmt.get("view"), schema):
+                _add(found.views, stmt["view"]["relname"])
+            elif kind == "CreateTableAsStmt" and _in_target(stmt.get("into", {}).get("rel"), schema):
+                target = found.views if stmt.get("objtype") == "OBJECT_MATVIEW" else found.tables
+                _add(target, stmt["into"]["rel"]["relname"])
             elif kind == "CreateFunctionStmt":
-                names = [n.sval for n in stmt.funcname]
-                if (names[0] == schema if len(names) > 1 else True) or (not schema and names[0] == "public"):
+                names = [n["String"]["sval"] for n in stmt["funcname"]]
+                if len(names) == 1 or names[0] == (schema or "public"):
                     _add(found.functions, names[-1])
     return found
 
