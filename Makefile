@@ -15,12 +15,13 @@ ifeq ($(STACK),dev)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv toolchain db-start db-stop up preview drift destroy test test-fast clean
+.PHONY: help venv toolchain db-start db-stop up preview drift destroy test test-fast bench clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
 	@echo "make preview    pulumi preview for STACK=...   make drift   fail on drift for STACK=..."
 	@echo "make db-start | db-stop   the embedded PostgreSQL"
+	@echo "make bench      side-by-side benchmark (engine, psql floor, pgdbm, dbmate, yoyo, pulumi)"
 
 # Python environment, rebuilt when requirements.txt changes
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -56,6 +57,16 @@ test: venv toolchain
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 test-fast: venv
 	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+# side-by-side benchmark (about 15 minutes): bench/results.json, docs/bench-*.png; numbers go in the README
+bench: venv toolchain
+	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	@test -d $(STATE)/flyway/lib || { command -v mvn >/dev/null && echo "[bench] fetching Flyway's jars with mvn" && \
+	  mvn -q -f bench/flyway/pom.xml dependency:copy-dependencies -DoutputDirectory=$(STATE)/flyway/lib; } || \
+	  echo "[bench] no Flyway (mvn missing or failed): it is skipped"
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.bench $(BENCH_ARGS)
+	@$(PY) -m bench.plot
+	@$(PY) -m bench.report
 
 clean: db-stop
 	rm -rf $(STATE) $(VENV)

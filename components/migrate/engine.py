@@ -210,12 +210,11 @@ def _create_history_table(conn: psycopg.Connection, target: Target) -> None:
             sql.Identifier(f"idx_{table}_module"), target.history_ident))
         conn.execute("COMMIT")
     except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         if not _history_exists(conn, target):
             raise
     except BaseException:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
 
 
@@ -311,6 +310,12 @@ def _remedy_for(failure: StatementFailure, target: Target) -> str:
     return "fix the statement and run again"
 
 
+def _line_in(statement: lint_mod.Statement, exc: psycopg.Error) -> int:
+    """Line within the file of an error raised by ``statement`` sent on its own."""
+    position = exc.diag.statement_position
+    return statement.line + (statement.text[: int(position) - 1].count("\n") if position else 0)
+
+
 def _run_statements(conn: psycopg.Connection, migration: Migration, rendered: str, committed: List[str],
                     target: Target) -> None:
     for statement in lint_mod.split(rendered):
@@ -318,13 +323,20 @@ def _run_statements(conn: psycopg.Connection, migration: Migration, rendered: st
             conn.execute(statement.text)
         except psycopg.Error as exc:
             failure = _failure(exc)
-            line = statement.line
-            position = exc.diag.statement_position
-            if position:
-                line += statement.text[: int(position) - 1].count("\n")
-            raise StatementError(migration.filename, line, statement.text, failure, committed,
+            raise StatementError(migration.filename, _line_in(statement, exc), statement.text, failure, committed,
                                  remedy=_remedy_for(failure, target),
                                  no_transaction=migration.no_transaction) from None
+
+
+def _already_applied(conn: psycopg.Connection, target: Target, migration: Migration) -> bool:
+    """Re-plan of one file: recorded (by anyone) with the same checksum? A different one is an error."""
+    row = conn.execute(sql.SQL(
+        "SELECT checksum FROM {} WHERE filename = %s AND (module_name = %s OR module_name IS NULL)"
+    ).format(target.history_ident), (migration.filename, target.module)).fetchone()
+    if row is not None and row[0] != migration.checksum:
+        plan([migration], {migration.filename: row[0]}, module=target.module,
+             history_table=target.history_display).raise_for_mismatch()
+    return row is not None
 
 
 def apply(conn: psycopg.Connection, target: Target, *,
@@ -370,67 +382,73 @@ def _apply(conn: psycopg.Connection, target: Target, on_progress: Optional[Calla
                        (time.perf_counter() - started) * 1000)
 
 
-ALREADY_APPLIED = "LD001"   # raised by the head of a migration: the file is recorded already
-LOCK_WAIT_TIMEOUT = "LD002"  # raised by the head: the module's advisory lock was not granted in time
+# Markers raised by the head of a migration, as failed casts (cheaper than a PL/pgSQL block; never folded at
+# plan time because the text is not a constant): "already recorded" and "the migration lock is busy".
+APPLIED_MARK = "llmdb:already-applied"
+BUSY_MARK = "llmdb:lock-busy"
 
 
-def _head_sql(target: Target, migration: Migration) -> sql.Composed:
-    """BEGIN, the module's advisory lock (bounded wait) and the re-plan under the lock, then the settings.
+def _check_sql(target: Target, migration: Migration) -> sql.Composed:
+    return sql.SQL("SELECT ({} || checksum)::int FROM {} WHERE filename = {} "
+                   "AND (module_name = {} OR module_name IS NULL)").format(
+        sql.Literal(APPLIED_MARK + " "), target.history_ident, sql.Literal(migration.filename),
+        sql.Literal(target.module))
 
-    The lock and the look at the history run in one DO block that raises its own SQLSTATEs, so that a
-    migration costs a single round trip and a lock timeout of the migration's own DDL is never mistaken
-    for a wait on the migration lock.
-    """
-    check = sql.SQL(
-        "DO $llmdb$BEGIN "
-        "BEGIN PERFORM pg_advisory_xact_lock(hashtext('pgdbm_migration_' || {module})); "
-        "EXCEPTION WHEN lock_not_available THEN RAISE EXCEPTION 'migration lock wait timed out' "
-        "USING ERRCODE = '" + LOCK_WAIT_TIMEOUT + "'; END; "
-        "IF EXISTS (SELECT 1 FROM {table} WHERE filename = {filename} "
-        "AND (module_name = {module} OR module_name IS NULL)) "
-        "THEN RAISE EXCEPTION 'already applied' USING ERRCODE = '" + ALREADY_APPLIED + "'; END IF; END$llmdb$").format(
-        module=sql.Literal(target.module), table=target.history_ident, filename=sql.Literal(migration.filename))
-    parts = [sql.SQL("BEGIN"), sql.SQL("SET LOCAL lock_timeout = {}").format(
-        sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms")), check] + _settings_sql(target)
-    return sql.SQL("; ").join(parts) + sql.SQL(";\n")
+
+def _try_lock_sql(target: Target) -> sql.Composed:
+    return sql.SQL("SELECT CASE WHEN pg_try_advisory_xact_lock(hashtext('pgdbm_migration_' || {})) THEN 1 "
+                   "ELSE ({} || pg_backend_pid())::int END").format(sql.Literal(target.module),
+                                                                     sql.Literal(BUSY_MARK + " "))
+
+
+def _marked(exc: psycopg.Error, mark: str) -> bool:
+    return exc.diag.sqlstate == "22P02" and mark in (exc.diag.message_primary or "")
 
 
 def _apply_in_transaction(conn: psycopg.Connection, target: Target, migration: Migration, rendered: str,
                           committed: List[str], with_version: bool) -> bool:
-    """One migration and its history row in one transaction and one round trip:
-    head (BEGIN, lock, re-plan, settings) + the file + its history row (execution time measured by the
-    server) + COMMIT.  Returns False when the file turned out to be applied already (by pgdbm or another
-    applier that got the lock first).
+    """One migration and its history row in one transaction, in one round trip when the lock is free:
+
+    BEGIN; take the module's advisory lock if it is free; re-plan under the lock (is the file recorded
+    already?); the settings; the file; its history row (execution time measured by the server); COMMIT.
+    When another applier holds the lock, wait for it (bounded) in a round trip of its own, then go on.
+    Returns False when the file turned out to be applied already (by pgdbm or another applier).
     """
-    if "$llmdb$" in migration.filename:
-        raise MigrationFileError(f"Migration file name {migration.filename!r} contains '$llmdb$'",
-                                 remedy="rename the file", file=migration.filename)
-    head = _head_sql(target, migration).as_string(conn)
+    body = _check_sql(target, migration).as_string(conn) + "; " + \
+        sql.SQL("; ").join(_settings_sql(target)).as_string(conn) + ";\n"
     # "\n;" ends a last statement without a semicolon and a trailing -- comment alike
     tail = sql.SQL("\n; {}; COMMIT").format(_insert_sql(target, migration, with_version, elapsed=sql.SQL(
         "greatest(1, (extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::int)"))).as_string(conn)
-    try:
-        conn.execute(head + rendered + tail)  # no parameters: the text is sent as it is
-    except psycopg.Error as exc:
-        _rollback(conn)
-        sqlstate = exc.diag.sqlstate
-        if sqlstate == LOCK_WAIT_TIMEOUT:
-            raise _lock_timeout_error(conn, target) from None
-        history_schema, history_name = target.history_parts
-        if sqlstate == ALREADY_APPLIED or (
-                sqlstate == "23505" and exc.diag.table_name == history_name
-                and exc.diag.schema_name == history_schema):
-            row = conn.execute(sql.SQL(
-                "SELECT checksum FROM {} WHERE filename = %s AND (module_name = %s OR module_name IS NULL)"
-            ).format(target.history_ident), (migration.filename, target.module)).fetchone()
-            if row is not None and row[0] != migration.checksum:
-                plan([migration], {migration.filename: row[0]}, module=target.module,
-                     history_table=target.history_display).raise_for_mismatch()
-            return False
-        raise _statement_error(conn, target, migration, rendered, exc, committed, offset=len(head)) from None
-    except BaseException:
-        _rollback(conn)
-        raise
+    head = "BEGIN; " + _try_lock_sql(target).as_string(conn) + "; " + body
+    for attempt in (1, 2):
+        if attempt == 2:  # the lock was busy: wait for it in a round trip of its own, bounded by lock_wait_timeout
+            try:
+                conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; {}").format(
+                    sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms"), _lock_sql(target)))
+            except psycopg.errors.LockNotAvailable:
+                _rollback(conn)
+                raise _lock_timeout_error(conn, target) from None
+            except BaseException:
+                _rollback(conn)
+                raise
+            head = body
+        try:
+            conn.execute(head + rendered + tail)  # no parameters: the text is sent as it is
+            break
+        except psycopg.Error as exc:
+            _rollback(conn)
+            if attempt == 1 and _marked(exc, BUSY_MARK):
+                continue
+            history_schema, history_name = target.history_parts
+            if _marked(exc, APPLIED_MARK) or (
+                    exc.diag.sqlstate == "23505" and exc.diag.table_name == history_name
+                    and exc.diag.schema_name == history_schema):
+                _already_applied(conn, target, migration)  # raises if recorded with another checksum
+                return False
+            raise _statement_error(conn, target, migration, rendered, exc, committed, offset=len(head)) from None
+        except BaseException:
+            _rollback(conn)
+            raise
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:  # the file must not swallow COMMIT
         _rollback(conn)
         raise MigrationError(f"Migration {migration.filename} left its transaction open; nothing of it was applied",
@@ -490,10 +508,7 @@ def _statement_error(conn: psycopg.Connection, target: Target, migration: Migrat
                 try:
                     conn.execute(statement.text)
                 except psycopg.Error as replay:
-                    failing, line = statement, statement.line
-                    if replay.diag.statement_position:
-                        line += statement.text[: int(replay.diag.statement_position) - 1].count("\n")
-                    failure = _failure(replay)
+                    failing, line, failure = statement, _line_in(statement, replay), _failure(replay)
                     break
         finally:
             _rollback(conn)
@@ -526,13 +541,7 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
     try:
         if target.schema:
             conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(target.schema)))
-        row = conn.execute(sql.SQL(
-            "SELECT checksum FROM {} WHERE filename = %s AND (module_name = %s OR module_name IS NULL)"
-        ).format(target.history_ident), (migration.filename, target.module)).fetchone()
-        if row is not None:
-            if row[0] != migration.checksum:
-                plan([migration], {migration.filename: row[0]}, module=target.module,
-                     history_table=target.history_display).raise_for_mismatch()
+        if _already_applied(conn, target, migration):
             return False
         t0 = time.perf_counter()
         _run_statements(conn, migration, rendered, applied, target)
