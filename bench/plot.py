@@ -20,16 +20,17 @@ def main() -> int:
     docs.mkdir(exist_ok=True)
     sizes = sorted(int(n) for n in results["apply"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for tool, label in LABELS.items():
+    for index, (tool, label) in enumerate(LABELS.items()):
+        color = f"C{index}"  # one colour per tool in both panels
         xs = [n for n in sizes if tool in results["apply"][str(n)]]
         if not xs:
             continue
         ys = [results["apply"][str(n)][tool]["apply"]["median"] for n in xs]
-        ax1.plot(xs, ys, marker="o", label=label)
+        ax1.plot(xs, ys, marker="o", label=label, color=color)
         noop = [(n, results["apply"][str(n)][tool]["noop"]["median"]) for n in xs
                 if results["apply"][str(n)][tool]["noop"]]
         if noop:
-            ax2.plot([n for n, _ in noop], [v for _, v in noop], marker="o", label=label)
+            ax2.plot([n for n, _ in noop], [v for _, v in noop], marker="o", label=label, color=color)
     for ax, title in ((ax1, "apply N migrations from empty"), (ax2, "no-op run over N applied files")):
         ax.set_xscale("log")
         ax.set_yscale("log")
