@@ -1,7 +1,8 @@
 """``MigratedSchema``: schema, extensions and grants (pulumi-postgresql), then the migrations."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pulumi
@@ -22,7 +23,7 @@ _EXTENSIONS: Dict[Tuple, postgresql.Extension] = {}
 
 
 @dataclass
-class MigratedSchemaArgs:
+class MigratedSchemaArgs(MigrationsArgs):
     """Arguments of :class:`MigratedSchema` (every one optional).
 
     schema:          target schema; ``None`` = standalone mode (objects in ``public``, no schema created)
@@ -38,19 +39,8 @@ class MigratedSchemaArgs:
     accept_schema_drift: on the next update record the live schema as it is instead of stopping on drift
     """
 
-    schema: Optional[str] = None
-    module_name: str = migrate.DEFAULT_MODULE
-    migrations_dir: str = "migrations"
     extensions: Sequence[str] = ("vector",)
     runtime_roles: Sequence[str] = ()
-    history_table: str = migrate.DEFAULT_HISTORY_TABLE
-    connection: Optional[ConnectionArgs] = None
-    lock_wait_timeout: float = 60.0
-    lock_timeout: Optional[float] = None
-    statement_timeout: Optional[float] = None
-    strict: bool = False
-    drop_on_destroy: bool = False
-    accept_schema_drift: bool = False
     provider: Optional[postgresql.Provider] = None
 
 
@@ -69,12 +59,7 @@ class MigratedSchema(pulumi.ComponentResource):
         super().__init__("llmemory-db:index:MigratedSchema", name, None, opts)
         args = args or MigratedSchemaArgs()
         _check_args(args)
-        migration_args = MigrationsArgs(
-            migrations_dir=args.migrations_dir, schema=args.schema, module_name=args.module_name,
-            history_table=args.history_table, connection=args.connection,
-            lock_wait_timeout=args.lock_wait_timeout, lock_timeout=args.lock_timeout,
-            statement_timeout=args.statement_timeout, strict=args.strict, drop_on_destroy=args.drop_on_destroy,
-            extensions=tuple(args.extensions), accept_schema_drift=args.accept_schema_drift)
+        migration_args = MigrationsArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MigrationsArgs)})
         target, files = validate(migration_args)
         conn = ConnectionArgs.from_config(args.connection)
         _claim_history(name, conn, target)
