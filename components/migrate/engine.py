@@ -277,7 +277,8 @@ def lint_pending(migrations: Sequence[Migration], target: Target) -> tuple:
     rendered = render_all(migrations, target)
     issues: List[LintIssue] = []
     for m in migrations:
-        issues.extend(lint_mod.lint(m.filename, rendered[m.filename], schema_mode=bool(target.schema)))
+        issues.extend(lint_mod.lint(m.filename, rendered[m.filename], schema_mode=bool(target.schema),
+                                    history=target.history_parts))
     errors = [i for i in issues if i.severity == "error" or target.strict]
     if errors:
         raise LintError(errors)
