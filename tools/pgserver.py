@@ -100,8 +100,9 @@ class Server:
     def _run(self, args, check=True, timeout=120) -> subprocess.CompletedProcess:
         cmd = [str(bin_dir() / args[0])] + [str(a) for a in args[1:]]
         kwargs = {}
-        if os.geteuid() == 0:
-            kwargs["user"] = SYSTEM_USER
+        if os.geteuid() == 0:  # drop root entirely: user, group and supplementary groups
+            import pwd
+            kwargs.update(user=SYSTEM_USER, group=pwd.getpwnam(SYSTEM_USER).pw_gid, extra_groups=[])
         return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=timeout,
                               cwd="/", **kwargs)
 
