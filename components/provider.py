@@ -69,6 +69,15 @@ def _inspect(conn, props: Dict[str, Any], target: migrate.Target) -> Dict[str, s
     return drift_mod.inspect(conn, target.schema, _managed(props), props.get("extensions") or [], exclude)
 
 
+# Where the objects live (the fingerprint's scope) and, with the module and its history, whose history it is.
+PLACE = ("schema", "database", "host", "port")
+HISTORY = PLACE + ("module_name", "history_table")
+
+
+def _same(olds: Dict[str, Any], news: Dict[str, Any], keys: tuple) -> bool:
+    return all(olds.get(k) == news.get(k) for k in keys)
+
+
 def resource_id(props: Dict[str, Any]) -> str:
     """Stable id: one module's history in one database (never random)."""
     return f"{props.get('database') or 'postgres'}/{props.get('history_table')}/{props.get('module_name')}"
@@ -95,8 +104,7 @@ class MigrationsProvider(ResourceProvider):
     def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
         old_sums: Dict[str, str] = olds.get("checksums") or {}
         new_sums: Dict[str, str] = news.get("checksums") or {}
-        same_target = all(olds.get(k) == news.get(k) for k in ("schema", "module_name", "history_table",
-                                                               "database", "host", "port"))
+        same_target = _same(olds, news, HISTORY)
         if same_target:
             modified = [(name, old_sums[name], new_sums[name]) for name in sorted(new_sums)
                         if name in old_sums and old_sums[name] != new_sums[name]]
@@ -154,8 +162,7 @@ class MigrationsProvider(ResourceProvider):
         return CreateResult(id_=resource_id(props), outs=self._apply(props))
 
     def update(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
-        same_target = all(olds.get(k) == news.get(k) for k in ("schema", "database", "host", "port"))
-        recorded = olds.get("objects") if same_target and olds.get("objects") is not None else None
+        recorded = olds.get("objects") if _same(olds, news, PLACE) and olds.get("objects") is not None else None
         return UpdateResult(outs=self._apply(news, recorded))
 
     def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
