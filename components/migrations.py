@@ -83,8 +83,9 @@ class Migrations(Resource):
 
     def __init__(self, name: str, args: MigrationsArgs, opts: Optional[pulumi.ResourceOptions] = None,
                  validated: Optional[tuple] = None) -> None:
-        target, files = validated or validate(args)  # (target, files) when the caller validated already
-        managed = managed_objects(migrate.engine.render_all(files, target).values(), target.schema)
+        # (target, files, rendered SQL) when the caller validated already
+        target, files, rendered = validated or validate(args)
+        managed = managed_objects(rendered.values(), target.schema)
         conn = ConnectionArgs.from_config(args.connection)
         props: Dict[str, Any] = dict(
             migrations_dir=project_relative(str(args.migrations_dir)),
@@ -106,16 +107,18 @@ class Migrations(Resource):
 
 
 def validate(args: MigrationsArgs):
-    """Load and lint every file for the target; raise ``pulumi.RunError`` with the engine's message."""
+    """Load, render and lint every file for the target; raise ``pulumi.RunError`` with the engine's message.
+
+    Returns (target, files, rendered SQL by filename)."""
     try:
         target = migrate.Target(args.migrations_dir, schema=args.schema, module=args.module_name,
                                 history_table=args.history_table, lock_wait_timeout=args.lock_wait_timeout,
                                 lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
                                 strict=args.strict)
         files = migrate.load(target.migrations_dir)
-        _, warnings = migrate.lint_pending(files, target)
+        rendered, warnings = migrate.lint_pending(files, target)
     except migrate.MigrationError as exc:
         raise pulumi.RunError(str(exc)) from None
     for warning in warnings:
         pulumi.log.warn(str(warning))
-    return target, files
+    return target, files, rendered

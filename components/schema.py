@@ -60,7 +60,8 @@ class MigratedSchema(pulumi.ComponentResource):
         args = args or MigratedSchemaArgs()
         _check_args(args)
         migration_args = MigrationsArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MigrationsArgs)})
-        target, files = validate(migration_args)
+        validated = validate(migration_args)
+        target = validated[0]
         conn = ConnectionArgs.from_config(args.connection)
         _claim_history(name, conn, target)
 
@@ -102,7 +103,7 @@ class MigratedSchema(pulumi.ComponentResource):
                     owner=conn.username, object_type="sequence", privileges=SEQUENCE_PRIVILEGES, opts=chained()))
 
         migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(),
-                                      validated=(target, files)))
+                                      validated=validated))
         history_schema, history_name = target.history_parts
         managed = migrations.managed_objects
 
