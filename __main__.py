@@ -22,6 +22,7 @@ db = MigratedSchema(
         runtime_roles=runtime_roles,
         drop_on_destroy=config.get_bool("dropOnDestroy") or False,
         strict=config.get_bool("strict") or False,
+        pool_mode=config.get("poolMode") or "auto",
         accept_schema_drift=config.get_bool("acceptSchemaDrift") or False,
     ),
     opts=pulumi.ResourceOptions(depends_on=roles),

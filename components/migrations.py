@@ -59,6 +59,7 @@ class MigrationsArgs:
     lock_timeout: Optional[float] = None
     statement_timeout: Optional[float] = None
     strict: bool = False
+    pool_mode: str = "auto"                 # auto (detect a pooler), session or transaction
     drop_on_destroy: bool = False
     extensions: Sequence[str] = ()          # watched for drift (missing, other version); not created here
     accept_schema_drift: bool = False       # record the live schema as it is instead of stopping on drift
@@ -94,7 +95,7 @@ class Migrations(Resource):
             host=conn.host, port=conn.port, username=conn.username, password=conn.password,
             database=conn.database, sslmode=conn.sslmode,
             lock_wait_timeout=target.lock_wait_timeout, lock_timeout=target.lock_timeout or 0,
-            statement_timeout=target.statement_timeout or 0, strict=target.strict,
+            statement_timeout=target.statement_timeout or 0, strict=target.strict, pool_mode=target.pool_mode,
             drop_on_destroy=bool(args.drop_on_destroy), managed=dataclasses.asdict(managed),
             extensions=list(args.extensions), accept_schema_drift=bool(args.accept_schema_drift),
             schema_name=None, applied=None, pending=None, missing=None, objects=None, fingerprint=None,
@@ -114,7 +115,7 @@ def validate(args: MigrationsArgs):
         target = migrate.Target(args.migrations_dir, schema=args.schema, module=args.module_name,
                                 history_table=args.history_table, lock_wait_timeout=args.lock_wait_timeout,
                                 lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
-                                strict=args.strict)
+                                strict=args.strict, pool_mode=args.pool_mode)
         files = migrate.load(target.migrations_dir)
         rendered, warnings = migrate.lint_pending(files, target)
     except migrate.MigrationError as exc:

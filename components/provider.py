@@ -21,7 +21,7 @@ from .migrate.objects import ManagedObjects
 
 # Inputs whose change is a reason to run the engine again (never a replacement: applying is an update).
 TRACKED = ("checksums", "schema", "module_name", "history_table", "host", "port", "username", "password",
-           "database", "sslmode", "lock_wait_timeout", "lock_timeout", "statement_timeout", "strict",
+           "database", "sslmode", "lock_wait_timeout", "lock_timeout", "statement_timeout", "strict", "pool_mode",
            "drop_on_destroy", "managed", "extensions", "accept_schema_drift")
 
 DRIFT_REMEDY = (
@@ -39,7 +39,7 @@ def _target(props: Dict[str, Any]) -> migrate.Target:
         lock_wait_timeout=float(props.get("lock_wait_timeout") or 60),
         lock_timeout=_seconds(props.get("lock_timeout")),
         statement_timeout=_seconds(props.get("statement_timeout")),
-        strict=bool(props.get("strict")))
+        strict=bool(props.get("strict")), pool_mode=props.get("pool_mode") or "auto")
 
 
 def _seconds(value: Any) -> Optional[float]:
@@ -65,7 +65,8 @@ def _managed(props: Dict[str, Any]) -> ManagedObjects:
 
 def _inspect(conn, props: Dict[str, Any], target: migrate.Target) -> Dict[str, str]:
     history_schema, history_name = target.history_parts
-    exclude = [history_name] if history_schema == (target.schema or "public") else []
+    # the history table and its in-flight companion are the engine's, not the migrations' objects
+    exclude = [history_name, target.inflight_parts[1]] if history_schema == (target.schema or "public") else []
     return drift_mod.inspect(conn, target.schema, _managed(props), props.get("extensions") or [], exclude)
 
 
@@ -116,6 +117,10 @@ class MigrationsProvider(ResourceProvider):
         if drifted:
             changed.append("drift")
             print(f"migrations {resource_id(news)}: schema drift:\n  " + "\n  ".join(drifted))
+        interrupted = olds.get("interrupted") or []
+        if interrupted:  # found by a refresh; the update refuses to go on and says what to do
+            changed.append("interrupted")
+            print(f"migrations {resource_id(news)}: interrupted:\n  " + "\n  ".join(interrupted))
         if changed:
             pending = [name for name in sorted(new_sums) if name not in old_sums or not same_target]
             if pending:
@@ -155,7 +160,7 @@ class MigrationsProvider(ResourceProvider):
         outs = dict(props)
         outs.update(schema_name=target.schema or "public", applied=sorted(result.checksums),
                     checksums=result.checksums, pending=[], missing=result.missing, objects=objects,
-                    fingerprint=drift_mod.fingerprint(objects), drift=[])
+                    fingerprint=drift_mod.fingerprint(objects), drift=[], interrupted=[])
         return outs
 
     def create(self, props: Dict[str, Any]) -> CreateResult:
@@ -180,7 +185,8 @@ class MigrationsProvider(ResourceProvider):
         outs.update(checksums={name: recorded[name] for name in sorted(recorded) if name in on_disk},
                     applied=sorted(name for name in recorded if name in on_disk),
                     pending=[m.filename for m in current.plan.pending], missing=current.plan.missing,
-                    drift=drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else [])
+                    drift=drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else [],
+                    interrupted=[i.describe() for i in current.interrupted])
         inputs = {key: props[key] for key in props if key in TRACKED or key == "migrations_dir"}
         return ReadResult(id_=id_, outs=outs, inputs=inputs)
 

@@ -8,6 +8,7 @@ pgdbm instances queue behind this engine and the other way round.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ import psycopg
 from psycopg import sql
 
 from . import lint as lint_mod
-from .errors import (ConnectionFailedError, LintError, LintIssue, LockTimeoutError, MigrationError,
-                     MigrationFileError, StatementError, StatementFailure)
+from .errors import (ConnectionFailedError, ConnectionLostError, Inflight, InterruptedMigrationError, LintError,
+                     LintIssue, LockTimeoutError, MigrationError, MigrationFileError, PoolerError, StatementError,
+                     StatementFailure)
 from .files import Migration, load
 from .plan import Plan, plan
 from .render import check_identifier, render
@@ -28,6 +30,10 @@ DEFAULT_HISTORY_TABLE = "public.schema_migrations"
 EXTENSION_REMEDY = (
     "run with a user that has SUPERUSER, or create the extension beforehand as a superuser: "
     "CREATE EXTENSION IF NOT EXISTS vector; GRANT ALL ON SCHEMA <schema> TO <migration user>;")
+POOL_MODES = ("auto", "session", "transaction")
+# pgdbm's hints that a host is a transaction pooler, plus PgBouncer's default port
+POOLER_HOST_HINTS = ("-pooler", "pgbouncer", "transaction-pool")
+POOLER_PORT = 6432
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Target:
     lock_timeout: Optional[float] = None     # seconds; PostgreSQL lock_timeout while a migration runs
     statement_timeout: Optional[float] = None  # seconds; PostgreSQL statement_timeout while a migration runs
     strict: bool = False                     # lint warnings are errors
+    pool_mode: str = "auto"                  # the endpoint: auto (detect a pooler), session, transaction
 
     def __post_init__(self) -> None:
         if self.schema is not None:
@@ -51,6 +58,9 @@ class Target:
                 f"Invalid module name {self.module!r}: use 1 to 100 letters, digits, '_', '-' or '.'",
                 remedy="choose a module name such as aword_memory")
         self.history_parts  # validates
+        if self.pool_mode not in POOL_MODES:
+            raise MigrationError(f"Invalid pool mode {self.pool_mode!r}: use one of {', '.join(POOL_MODES)}",
+                                 remedy="auto detects a pooler; session or transaction declare the endpoint's mode")
         for name in ("lock_wait_timeout", "lock_timeout", "statement_timeout"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
@@ -77,6 +87,16 @@ class Target:
     def history_display(self) -> str:
         return ".".join(self.history_parts)
 
+    @property
+    def inflight_parts(self) -> tuple:
+        """The table recording no-transaction migrations that started and have not finished (pgdbm ignores it)."""
+        schema, table = self.history_parts
+        return schema, table[:54] + "_inflight"
+
+    @property
+    def inflight_ident(self) -> sql.Composable:
+        return sql.Identifier(*self.inflight_parts)
+
 
 @dataclass
 class Status:
@@ -85,6 +105,12 @@ class Status:
     plan: Plan
     history_exists: bool
     warnings: List[LintIssue] = field(default_factory=list)
+    inflight: List[Inflight] = field(default_factory=list)  # no-transaction migrations started, not finished
+
+    @property
+    def interrupted(self) -> List[Inflight]:
+        """Failed half-way, or started by a backend that is gone: never to finish by itself."""
+        return [i for i in self.inflight if i.error or not i.alive]
 
     def as_dict(self) -> dict:
         return {
@@ -93,6 +119,8 @@ class Status:
             "missing": self.plan.missing,
             "checksums": self.plan.checksums,
             "warnings": [str(w) for w in self.warnings],
+            "interrupted": [i.describe() for i in self.interrupted],
+            "running": [i.filename for i in self.inflight if i not in self.interrupted],
         }
 
 
@@ -133,6 +161,7 @@ def connect(conninfo: str = "", *, retries: int = 3, backoff: float = 0.5, conne
                                     remedy="use postgresql://user@host:port/database or key=value pairs") from None
     params.setdefault("connect_timeout", connect_timeout)
     params.setdefault("application_name", "llmemory-db-migrate")
+    params.setdefault("prepare_threshold", None)  # no server-side prepared statements: safe through PgBouncer
     last: Optional[Exception] = None
     for attempt in range(retries + 1):
         try:
@@ -154,9 +183,26 @@ def connect(conninfo: str = "", *, retries: int = 3, backoff: float = 0.5, conne
 # --------------------------------------------------------------------------- history
 
 def _history_exists(conn: psycopg.Connection, target: Target) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                       (sql.Identifier(*target.history_parts).as_string(conn),)).fetchone()
-    return bool(row[0])
+    return _tables_exist(conn, target)[0]
+
+
+def _tables_exist(conn: psycopg.Connection, target: Target) -> tuple:
+    """(history table exists, in-flight table exists), in one query."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+                       (target.history_ident.as_string(conn), target.inflight_ident.as_string(conn))).fetchone()
+    return bool(row[0]), bool(row[1])
+
+
+def read_inflight(conn: psycopg.Connection, target: Target) -> List[Inflight]:
+    """No-transaction migrations of this module that started and did not finish; ``alive`` when the backend
+    that started them is still connected (pid reuse is told apart by the backend's start time)."""
+    rows = conn.execute(sql.SQL(
+        "SELECT i.filename, i.checksum, to_char(i.started_at, 'YYYY-MM-DD HH24:MI:SS TZ'), i.pid, i.done, i.total, "
+        "       i.next_line, coalesce(i.error, ''), EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = i.pid "
+        "       AND (a.backend_start IS NULL OR a.backend_start <= i.started_at)) "
+        "FROM {} i WHERE i.module_name = %s ORDER BY i.filename").format(target.inflight_ident),
+        (target.module,)).fetchall()
+    return [Inflight(*row) for row in rows]
 
 
 def _has_version_column(conn: psycopg.Connection, target: Target) -> bool:
@@ -287,9 +333,10 @@ def lint_pending(migrations: Sequence[Migration], target: Target) -> tuple:
 
 def status(conn: psycopg.Connection, target: Target, files: Optional[Sequence[Migration]] = None) -> Status:
     files = load(target.migrations_dir) if files is None else files
-    exists = _history_exists(conn, target)
+    exists, inflight_exists = _tables_exist(conn, target)
     recorded = read_history(conn, target) if exists else {}
-    return Status(plan(files, recorded, module=target.module, history_table=target.history_display), exists)
+    return Status(plan(files, recorded, module=target.module, history_table=target.history_display), exists,
+                  inflight=read_inflight(conn, target) if inflight_exists else [])
 
 
 def _failure(exc: psycopg.Error) -> StatementFailure:
@@ -358,6 +405,9 @@ def _apply(conn: psycopg.Connection, target: Target, on_progress: Optional[Calla
     files = load(target.migrations_dir)
     current = status(conn, target, files)
     current.plan.raise_for_mismatch()
+    if current.inflight:  # under the lock, a marker left is a dead run's (a live one holds the lock)
+        with _locked_transaction(conn, target):
+            _raise_for_inflight(conn, target)
     rendered, warnings = lint_pending(current.plan.pending, target)
     if target.schema and current.plan.pending and not _schema_exists(conn, target.schema):
         raise MigrationError(
@@ -369,13 +419,30 @@ def _apply(conn: psycopg.Connection, target: Target, on_progress: Optional[Calla
     with_version = _has_version_column(conn, target)
     applied: List[str] = []
     skipped: List[str] = [m.filename for m in current.plan.applied]
+    no_transaction = [m for m in current.plan.pending if m.no_transaction]
+    if no_transaction:
+        why = pooler(conn, target)
+        if why:
+            raise PoolerError(
+                f"{no_transaction[0].filename} is a no-transaction migration and this connection goes through a "
+                f"transaction-pooling endpoint ({why}); nothing was applied",
+                file=no_transaction[0].filename,
+                remedy="apply it over a direct PostgreSQL connection or a session-pooled endpoint; if this endpoint "
+                       "is direct or pools sessions, declare it: pool mode 'session' (--pool-mode session, "
+                       "llmemory-db:poolMode)")
     for migration in current.plan.pending:
-        if migration.no_transaction:
-            done = _apply_no_transaction(conn, target, migration, rendered[migration.filename], applied,
-                                         with_version)
-        else:
-            done = _apply_in_transaction(conn, target, migration, rendered[migration.filename], applied,
-                                         with_version)
+        try:
+            if migration.no_transaction:
+                done = _apply_no_transaction(conn, target, migration, rendered[migration.filename], applied,
+                                             with_version)
+            else:
+                done = _apply_in_transaction(conn, target, migration, rendered[migration.filename], applied,
+                                             with_version)
+        except psycopg.OperationalError as exc:
+            if conn.broken or conn.closed:
+                raise ConnectionLostError(migration.filename, str(exc).strip() or type(exc).__name__, applied,
+                                          migration.no_transaction) from None
+            raise
         (applied if done else skipped).append(migration.filename)
         if done and on_progress:
             on_progress(migration.filename)
@@ -437,6 +504,8 @@ def _apply_in_transaction(conn: psycopg.Connection, target: Target, migration: M
             conn.execute(head + rendered + tail)  # no parameters: the text is sent as it is
             break
         except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise
             _rollback(conn)
             if attempt == 1 and _marked(exc, BUSY_MARK):
                 continue
@@ -460,7 +529,10 @@ def _apply_in_transaction(conn: psycopg.Connection, target: Target, migration: M
 
 def _settings_sql(target: Target) -> List[sql.Composable]:
     settings = [sql.SQL("SET LOCAL lock_timeout = {}").format(
-        sql.Literal(f"{int(target.lock_timeout * 1000)}ms" if target.lock_timeout is not None else "0"))]
+        sql.Literal(f"{int(target.lock_timeout * 1000)}ms" if target.lock_timeout is not None else "0")),
+        # a client killed mid-migration: the server notices within a second and rolls back (instead of running
+        # the rest of the file and holding its locks for nobody)
+        sql.SQL("SET LOCAL client_connection_check_interval = '1s'")]
     if target.statement_timeout is not None:
         settings.append(sql.SQL("SET LOCAL statement_timeout = {}").format(
             sql.Literal(f"{int(target.statement_timeout * 1000)}ms")))
@@ -526,11 +598,71 @@ def _lock_timeout_error(conn: psycopg.Connection, target: Target) -> LockTimeout
                "or end the stuck session with SELECT pg_terminate_backend(<pid>)")
 
 
+def pooler(conn: psycopg.Connection, target: Target) -> str:
+    """Why this connection looks like a transaction-pooling endpoint ('' when it does not).
+
+    Beyond pgdbm's host-name hints, compare the address this client uses with the address the server sees for
+    it: a pooler or proxy in between shows up as a different peer. pool_mode declares the endpoint instead."""
+    if target.pool_mode == "session":
+        return ""
+    if target.pool_mode == "transaction":
+        return "pool mode 'transaction' was declared"
+    host, port = (conn.info.host or "").lower(), conn.info.port
+    if any(hint in host for hint in POOLER_HOST_HINTS) or port == POOLER_PORT:
+        return f"host {host} port {port} looks like a pooler"
+    seen = conn.execute("SELECT host(client_addr), client_port FROM pg_stat_activity "
+                        "WHERE pid = pg_backend_pid()").fetchone()
+    try:
+        sock = socket.socket(fileno=socket.dup(conn.pgconn.socket))
+        try:
+            local = sock.getsockname()
+        finally:
+            sock.close()
+    except OSError:
+        return ""
+    if isinstance(local, tuple):  # TCP: the server must see this very address and port
+        mine = (local[0].removeprefix("::ffff:"), local[1])
+        theirs = ((seen[0] or "").removeprefix("::ffff:"), seen[1]) if seen else None
+        if theirs != mine:
+            peer = f"{theirs[0] or 'a Unix socket'}:{theirs[1]}" if theirs and theirs[1] else "a Unix socket"
+            return f"this client is {mine[0]}:{mine[1]} but the server sees {peer}: a pooler or proxy is in between"
+    elif seen and seen[0]:  # a Unix socket here, TCP at the server
+        return f"this client uses a Unix socket but the server sees {seen[0]}:{seen[1]}"
+    return ""
+
+
+def _raise_for_inflight(conn: psycopg.Connection, target: Target) -> None:
+    if _tables_exist(conn, target)[1]:
+        inflight = read_inflight(conn, target)
+        if inflight:
+            raise InterruptedMigrationError(inflight, target.module)
+
+
+def _create_inflight_table(conn: psycopg.Connection, target: Target) -> None:
+    try:
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            " module_name VARCHAR(100) NOT NULL,"
+            " filename VARCHAR(255) NOT NULL,"
+            " checksum VARCHAR(64) NOT NULL,"
+            " started_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+            " pid INTEGER NOT NULL DEFAULT pg_backend_pid(),"
+            " done INTEGER NOT NULL DEFAULT 0,"
+            " total INTEGER NOT NULL,"
+            " next_line INTEGER NOT NULL,"
+            " error TEXT,"
+            " PRIMARY KEY (module_name, filename))").format(target.inflight_ident))
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        pass  # another module sharing this history table created it meanwhile
+
+
 def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: Migration, rendered: str,
                           applied: List[str], with_version: bool) -> bool:
     """pgdbm's no-transaction mode: session lock, statements one by one in autocommit.
 
-    Returns False when the file turned out to be applied already."""
+    Progress is recorded in the in-flight table as it goes, so that a run that dies half-way is reported by the
+    next one (which refuses to go on) instead of being re-run blindly or skipped. Returns False when the file
+    turned out to be applied already."""
     conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms")))
     try:
         conn.execute(sql.SQL("SELECT pg_advisory_lock(hashtext('pgdbm_migration_' || {}))").format(
@@ -540,19 +672,77 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
     finally:
         conn.execute("RESET lock_timeout")
     try:
+        conn.execute("SET client_connection_check_interval = '1s'")
         if target.schema:
             conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(target.schema)))
         if _already_applied(conn, target, migration):
             return False
+        _raise_for_inflight(conn, target)
+        _create_inflight_table(conn, target)
+        statements = lint_mod.split(rendered)
+        marker = sql.SQL("module_name = {} AND filename = {}").format(sql.Literal(target.module),
+                                                                      sql.Literal(migration.filename))
+        conn.execute(sql.SQL("INSERT INTO {} (module_name, filename, checksum, total, next_line) "
+                             "VALUES (%s, %s, %s, %s, %s)").format(target.inflight_ident),
+                     (target.module, migration.filename, migration.checksum, len(statements),
+                      statements[0].line if statements else 1))
         t0 = time.perf_counter()
-        _run_statements(conn, migration, rendered, applied, target)
-        conn.execute(_insert_sql(target, migration, with_version, int((time.perf_counter() - t0) * 1000)))
+        for index, statement in enumerate(statements):
+            try:
+                conn.execute(statement.text)
+            except psycopg.Error as exc:
+                if conn.broken or conn.closed:
+                    raise
+                failure = _failure(exc)
+                error = StatementError(migration.filename, _line_in(statement, exc), statement.text, failure,
+                                       applied, remedy=_remedy_for(failure, target), no_transaction=True)
+                if index == 0:  # nothing of the file ran: no trace
+                    conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target.inflight_ident, marker))
+                else:
+                    conn.execute(sql.SQL("UPDATE {} SET error = %s WHERE {}").format(target.inflight_ident, marker),
+                                 (f"line {_line_in(statement, exc)}: {failure.message}",))
+                raise error from None
+            following = statements[index + 1].line if index + 1 < len(statements) else statement.line
+            conn.execute(sql.SQL("UPDATE {} SET done = %s, next_line = %s WHERE {}").format(
+                target.inflight_ident, marker), (index + 1, following))
+        elapsed = int((time.perf_counter() - t0) * 1000)
+        conn.execute(sql.SQL("BEGIN; {}; DELETE FROM {} WHERE {}; COMMIT").format(
+            _insert_sql(target, migration, with_version, elapsed), target.inflight_ident, marker))
         return True
     finally:
-        if target.schema:
-            conn.execute("RESET search_path")
-        conn.execute(sql.SQL("SELECT pg_advisory_unlock(hashtext('pgdbm_migration_' || {}))").format(
-            sql.Literal(target.module)))
+        if not (conn.broken or conn.closed):
+            _rollback(conn)
+            conn.execute("RESET client_connection_check_interval")
+            if target.schema:
+                conn.execute("RESET search_path")
+            conn.execute(sql.SQL("SELECT pg_advisory_unlock(hashtext('pgdbm_migration_' || {}))").format(
+                sql.Literal(target.module)))
+
+
+def resolve(conn: psycopg.Connection, target: Target, filename: str, action: str) -> str:
+    """Settle an interrupted no-transaction migration: ``retry`` (the next run re-runs the whole file) or
+    ``mark-applied`` (finished by hand: record it with the checksum of the file on disk)."""
+    if action not in ("retry", "mark-applied"):
+        raise MigrationError(f"Unknown action {action!r}", remedy="use retry or mark-applied")
+    with _locked_transaction(conn, target):
+        inflight = {i.filename: i for i in read_inflight(conn, target)} if _tables_exist(conn, target)[1] else {}
+        if filename not in inflight:
+            raise MigrationError(f"{filename} is not recorded as interrupted for module {target.module!r}",
+                                 remedy="run status to list interrupted migrations", file=filename)
+        conn.execute(sql.SQL("DELETE FROM {} WHERE module_name = %s AND filename = %s").format(
+            target.inflight_ident), (target.module, filename))
+        if action == "retry":
+            return f"{filename}: the next run re-runs it from its first statement"
+        migration = next((m for m in load(target.migrations_dir) if m.filename == filename), None)
+        if migration is None:
+            raise MigrationError(f"{filename} is not in {target.migrations_dir}", file=filename,
+                                 remedy="run from the directory the migration came from (--dir)")
+        if migration.checksum != inflight[filename].checksum:
+            raise MigrationError(f"{filename} changed since it was interrupted (checksum "
+                                 f"{inflight[filename].checksum} then, {migration.checksum} now)", file=filename,
+                                 remedy="restore the file as it ran, or use --retry to run the new content")
+        conn.execute(_insert_sql(target, migration, _has_version_column(conn, target)))
+        return f"{filename}: recorded as applied"
 
 
 def forget(conn: psycopg.Connection, target: Target, drop_tables: Sequence[str] = ()) -> int:

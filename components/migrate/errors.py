@@ -154,8 +154,63 @@ class ConnectionFailedError(MigrationError):
     """The server could not be reached or refused the credentials."""
 
 
+class ConnectionLostError(MigrationError):
+    """The connection broke while a migration ran (server restart, network, a terminated backend)."""
+
+    def __init__(self, file: str, reason: str, committed: Sequence[str] = (), no_transaction: bool = False) -> None:
+        lines = [f"Lost the connection to PostgreSQL while applying {file}: {reason}"]
+        if no_transaction:
+            lines.append(f"  {file} is a no-transaction migration: it is recorded as interrupted and the next "
+                         "run reports what of it ran")
+        else:
+            lines.append(f"  {file} and its history row are one transaction: the server either committed both "
+                         "or neither; the next run finds out and skips it if it was committed")
+        lines.append("  committed earlier in this run: " + (", ".join(committed) if committed else "none"))
+        super().__init__("\n".join(lines), file=file,
+                         remedy="run again once the server is reachable; applied migrations are skipped")
+
+
+@dataclass
+class Inflight:
+    """A no-transaction migration recorded as started and not finished."""
+
+    filename: str
+    checksum: str
+    started_at: str
+    pid: int
+    done: int        # statements that completed
+    total: int
+    next_line: int   # line of the first statement not known to have completed
+    error: str = ""  # the failure that stopped it, when it failed rather than died
+    alive: bool = False  # the backend that started it is still connected (it may still be running)
+
+    def describe(self) -> str:
+        how = f"failed: {self.error}" if self.error else f"was interrupted (backend pid {self.pid} is gone)"
+        return (f"{self.filename} (no-transaction) started at {self.started_at} and {how}; "
+                f"{self.done} of {self.total} statement(s) completed; the statement at line {self.next_line} "
+                "did not complete")
+
+
 class InterruptedMigrationError(MigrationError):
-    """A no-transaction migration started but never finished."""
+    """A no-transaction migration started but never finished: refused until someone decides what to do."""
+
+    def __init__(self, inflight: Sequence[Inflight], module: str) -> None:
+        self.inflight = list(inflight)
+        first = self.inflight[0].filename
+        body = "\n".join(f"  {i.describe()}" for i in self.inflight)
+        super().__init__(
+            f"Interrupted migration(s) of module {module!r}; nothing more was applied:\n{body}",
+            file=first,
+            remedy=("look at what the completed statements did, then either finish the rest by hand and record "
+                    f"the file as applied: python -m components.migrate resolve {first} --mark-applied, or undo "
+                    f"it and have the next run re-run the whole file: python -m components.migrate resolve {first} "
+                    "--retry (same --dsn/--schema/--module as the run). Write no-transaction files so they can "
+                    "re-run: CREATE INDEX CONCURRENTLY IF NOT EXISTS, after dropping an INVALID index an "
+                    "interrupted CONCURRENTLY left behind"))
+
+
+class PoolerError(MigrationError):
+    """A no-transaction migration cannot run through a transaction-pooling endpoint."""
 
 
 def excerpt(statement: str, limit: int = 200) -> str:
