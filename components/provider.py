@@ -9,6 +9,10 @@ a message.
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider,
@@ -89,6 +93,44 @@ def _fail(error: Exception) -> Exception:
     return Exception(str(error))
 
 
+_watching = threading.Lock()
+
+
+def watch_engine(interval: float = 1.0) -> None:
+    """Exit this provider process when the pulumi engine that started it is gone.
+
+    The CLI starts plugins in process groups of their own, so a SIGKILLed ``pulumi up`` leaves the dynamic
+    provider running (and Python's dynamic provider host never notices). Pulumi's Go plugins check the engine's
+    health; this does the same for ours: the engine's address is the host's argument, and once it refuses
+    connections the process exits, its connection closes, and the server rolls back a migration in progress
+    (client_connection_check_interval): the database holds the whole migration or none of it."""
+    if not _watching.acquire(blocking=False):
+        return
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if getattr(spec, "name", "") != "pulumi.dynamic.__main__" or len(sys.argv) < 2 or ":" not in sys.argv[1]:
+        return  # not the provider host (a test, the program itself)
+    host, _, port = sys.argv[1].rpartition(":")
+
+    def loop() -> None:
+        misses = 0
+        while True:
+            time.sleep(interval)
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+                misses = 0
+            except OSError:
+                misses += 1
+                if misses >= 2:
+                    try:  # stderr was the engine's pipe: it may be closed too
+                        print("the pulumi engine is gone: exiting (a migration in progress is rolled back)",
+                              file=sys.stderr, flush=True)
+                    finally:
+                        os._exit(3)
+
+    threading.Thread(target=loop, name="engine-watchdog", daemon=True).start()
+
+
 class MigrationsProvider(ResourceProvider):
     """check/diff are pure (files and inputs); create/update apply; read re-reads history; delete keeps data."""
 
@@ -132,6 +174,7 @@ class MigrationsProvider(ResourceProvider):
 
     def _apply(self, props: Dict[str, Any], recorded: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         """Apply pending files; first, if a fingerprint was recorded, refuse to build on a drifted schema."""
+        watch_engine()
         target = _target(props)
         try:
             with _connect(props) as conn:
