@@ -15,7 +15,7 @@ ifeq ($(STACK),dev)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv toolchain db-start db-stop up preview drift destroy test test-fast bench clean
+.PHONY: help venv toolchain pgbouncer db-start db-stop up preview drift destroy recover test test-fast bench clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
@@ -53,7 +53,16 @@ drift: venv toolchain
 destroy: venv toolchain
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack destroy --stack $(STACK)
 
-test: venv toolchain
+# PgBouncer for the pooler tests (Debian's package)
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+	  echo "[pgbouncer] installing Debian's pgbouncer package (for the pooler tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null; } || \
+	  { echo "error: could not install pgbouncer: apt-get install pgbouncer, then run make test again"; exit 1; }; }
+
+test: venv toolchain pgbouncer
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 test-fast: venv
 	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)

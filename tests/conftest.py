@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tools.pgbouncer import Bouncer  # noqa: E402
 from tools.pgserver import Server  # noqa: E402
 
 TEST_PG_DIR = Path(os.environ.get("LLMEMORY_TEST_PG_DIR", ROOT / ".state" / "pg-test"))
@@ -20,6 +21,14 @@ TEST_PG_DIR = Path(os.environ.get("LLMEMORY_TEST_PG_DIR", ROOT / ".state" / "pg-
 @pytest.fixture(scope="session")
 def pg_server() -> Server:
     return Server(TEST_PG_DIR.resolve()).start()
+
+
+@pytest.fixture(scope="session")
+def bouncer(pg_server: Server) -> Bouncer:
+    """PgBouncer in transaction-pooling mode in front of the test server."""
+    pooler = Bouncer(TEST_PG_DIR.resolve().parent / "pgbouncer-test", pg_server).start()
+    yield pooler
+    pooler.stop()
 
 
 @pytest.fixture

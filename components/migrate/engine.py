@@ -414,11 +414,6 @@ def _apply(conn: psycopg.Connection, target: Target, on_progress: Optional[Calla
             f'schema "{target.schema}" does not exist',
             remedy=f"create it before migrating: CREATE SCHEMA IF NOT EXISTS {target.schema}; "
                    "(the MigratedSchema component does this), or give the user the CREATE SCHEMA permission")
-    if not current.history_exists:
-        _create_history_table(conn, target)
-    with_version = _has_version_column(conn, target)
-    applied: List[str] = []
-    skipped: List[str] = [m.filename for m in current.plan.applied]
     no_transaction = [m for m in current.plan.pending if m.no_transaction]
     if no_transaction:
         why = pooler(conn, target)
@@ -430,6 +425,11 @@ def _apply(conn: psycopg.Connection, target: Target, on_progress: Optional[Calla
                 remedy="apply it over a direct PostgreSQL connection or a session-pooled endpoint; if this endpoint "
                        "is direct or pools sessions, declare it: pool mode 'session' (--pool-mode session, "
                        "llmemory-db:poolMode)")
+    if not current.history_exists:
+        _create_history_table(conn, target)
+    with_version = _has_version_column(conn, target)
+    applied: List[str] = []
+    skipped: List[str] = [m.filename for m in current.plan.applied]
     for migration in current.plan.pending:
         try:
             if migration.no_transaction:
