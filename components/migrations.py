@@ -11,7 +11,7 @@ from pulumi.dynamic import Resource
 
 from . import migrate
 from .migrate.objects import managed_objects
-from .provider import MigrationsProvider
+from .provider import ExtensionCheckProvider, MigrationsProvider
 
 
 @dataclass
@@ -105,6 +105,18 @@ class Migrations(Resource):
         # what the migrations create (tables, sequences, views, functions), for grants; a plain value, set after
         # super().__init__, which turns every property (such as the "managed" input) into an Output attribute
         self.managed_objects = managed
+
+
+class ExtensionCheck(Resource):
+    """Fails the deployment with the remedy when an extension is missing and the user cannot create it."""
+
+    def __init__(self, name: str, extension: str, connection: Optional[ConnectionArgs] = None,
+                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        conn = ConnectionArgs.from_config(connection)
+        props = dict(extension=extension, host=conn.host, port=conn.port, username=conn.username,
+                     password=conn.password, database=conn.database, sslmode=conn.sslmode)
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
+        super().__init__(ExtensionCheckProvider(), name, props, opts)
 
 
 def validate(args: MigrationsArgs):

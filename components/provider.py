@@ -131,6 +131,30 @@ def watch_engine(interval: float = 1.0) -> None:
     threading.Thread(target=loop, name="engine-watchdog", daemon=True).start()
 
 
+CONNECTION = ("host", "port", "username", "password", "database", "sslmode")
+
+
+class ExtensionCheckProvider(ResourceProvider):
+    """Before pulumi-postgresql creates an extension: is it there, or can this user create it? Else the remedy."""
+
+    def _check(self, props: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            with _connect(props) as conn:
+                migrate.check_extensions(conn, [props["extension"]])
+        except MigrationError as exc:
+            raise _fail(exc) from None
+        return props
+
+    def create(self, props: Dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props.get('database')}/{props['extension']}", outs=self._check(props))
+
+    def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
+        return DiffResult(changes=not _same(olds, news, CONNECTION + ("extension",)))
+
+    def update(self, _id: str, _olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._check(news))
+
+
 class MigrationsProvider(ResourceProvider):
     """check/diff are pure (files and inputs); create/update apply; read re-reads history; delete keeps data."""
 

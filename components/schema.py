@@ -10,7 +10,7 @@ import pulumi_postgresql as postgresql
 
 from . import migrate
 from .migrate.render import check_identifier
-from .migrations import ConnectionArgs, Migrations, MigrationsArgs, validate
+from .migrations import ConnectionArgs, ExtensionCheck, Migrations, MigrationsArgs, validate
 
 TABLE_PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SEQUENCE_PRIVILEGES = ["USAGE", "SELECT"]
@@ -86,9 +86,10 @@ class MigratedSchema(pulumi.ComponentResource):
             # shared by everything in the database: created if missing, never dropped by destroy
             key = (id(args.provider), str(database), extension)
             if key not in _EXTENSIONS:
+                check = ExtensionCheck(f"{name}-ext-{extension}-check", extension, args.connection, opts=chained())
                 _EXTENSIONS[key] = postgresql.Extension(
                     f"{name}-ext-{extension}", name=extension, schema="public", database=database,
-                    opts=chained(pulumi.ResourceOptions(retain_on_delete=True)))
+                    opts=chained(pulumi.ResourceOptions(retain_on_delete=True, depends_on=[check])))
             after(_EXTENSIONS[key])
         # grants run one after the other: parallel GRANTs on one catalog row fail with "tuple concurrently updated"
         for role in args.runtime_roles:

@@ -3,7 +3,8 @@
 No Pulumi import anywhere in this package: the command line
 (``python -m components.migrate``) and the Pulumi layer both call it.
 """
-from .engine import (DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, POOL_MODES, ApplyResult, Status, Target, apply, connect,
+from .engine import (DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, POOL_MODES, ApplyResult, Status, Target, apply,
+                     check_extensions, connect,
                      forget, lint_pending, pooler, read_history, read_inflight, resolve, status)
 from .errors import (ChecksumMismatchError, ConnectionFailedError, ConnectionLostError, DuplicateVersionError, Inflight,
                      InterruptedMigrationError, InvalidIdentifierError, LintError, LintIssue, LockTimeoutError,
