@@ -88,5 +88,14 @@ def changes(preview_result) -> Dict[str, int]:
             and n}
 
 
-def state_text(backend: Path) -> str:
-    return "\n".join(p.read_text(errors="replace") for p in backend.rglob("*.json"))
+def state_text(backend: Path, every_file: bool = False) -> str:
+    """The stacks' state as text; ``every_file``: also history, backups and locks, gunzipped."""
+    if not every_file:
+        return "\n".join(p.read_text(errors="replace") for p in backend.rglob("*.json"))
+    import gzip
+    texts = []
+    for path in backend.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            texts.append((gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode("utf-8", "replace"))
+    return "\n".join(texts)

@@ -34,7 +34,7 @@ def managed(pg_server, tmp_path):
 
     class Managed:
         database, admin_role, runtime_role, admin_password = name, admin, runtime, admin_pw
-        root = project
+        root, backend = project, tmp_path / "backend"
 
         def superuser(self, query):
             with psycopg.connect(pg_server.dsn(database=name), autocommit=True) as conn:
@@ -76,7 +76,13 @@ def test_non_superuser_admin_gets_the_extension_remedy_then_works_once_it_is_ins
     managed.superuser("CREATE EXTENSION vector")  # what the operator of a managed service does
     ok, out = up(stack)
     assert ok, out
+    # no plain password in the run's output, the outputs, the state (with its history and backups) or the config
     assert managed.admin_password not in out
+    assert managed.admin_password not in repr(stack.outputs())
+    state = h.state_text(managed.backend, every_file=True)
+    assert managed.database in state and "ciphertext" in state  # the scan reads the real thing
+    assert managed.admin_password not in state
+    assert managed.admin_password not in (managed.root / "Pulumi.test.yaml").read_text()
 
     # the runtime role, by trying: rows yes; DDL and the history no
     with managed.as_runtime() as rw:
