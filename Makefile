@@ -21,6 +21,7 @@ help:
 	@echo "make test       run the whole test suite"
 	@echo "make preview    pulumi preview for STACK=...   make drift   fail on drift for STACK=..."
 	@echo "make db-start | db-stop   the embedded PostgreSQL"
+	@echo "make recover    after a killed pulumi up: clear its lock and pending operations, then make up"
 	@echo "make bench      side-by-side benchmark (engine, psql floor, pgdbm, dbmate, yoyo, pulumi)"
 
 # Python environment, rebuilt when requirements.txt changes
@@ -52,6 +53,9 @@ drift: venv toolchain
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack drift --stack $(STACK)
 destroy: venv toolchain
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack destroy --stack $(STACK)
+# after a killed `pulumi up`: remove its stale lock and pending operations (then `make up`)
+recover: venv toolchain
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m tools.stack recover --stack $(STACK)
 
 # PgBouncer for the pooler tests (Debian's package)
 pgbouncer:

@@ -80,7 +80,7 @@ def configure_dev(stack: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack")
-    parser.add_argument("command", choices=["up", "preview", "drift", "destroy"])
+    parser.add_argument("command", choices=["up", "preview", "drift", "destroy", "recover"])
     parser.add_argument("--stack", default="dev")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -100,6 +100,13 @@ def main(argv=None) -> int:
         log(f"no drift in stack {args.stack}")
     elif args.command == "destroy":
         pulumi("destroy", "--yes", "--skip-preview", stack=args.stack)
+    elif args.command == "recover":
+        # after a `pulumi up` that was killed: its lock, then its pending operations. Safe for the migrations:
+        # each one committed whole or not at all, and the next up applies whatever is not recorded.
+        log("removing the killed run's lock (pulumi cancel): make sure no other `pulumi up` of this stack runs")
+        pulumi("cancel", "--yes", stack=args.stack)
+        pulumi("refresh", "--yes", "--skip-preview", "--clear-pending-creates", stack=args.stack)
+        log(f"recovered: run `make up STACK={args.stack}` to finish the deployment")
     log(f"{args.command} {args.stack} done in {time.monotonic() - started:.1f}s")
     return 0
 
