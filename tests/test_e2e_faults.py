@@ -94,7 +94,9 @@ def test_sigkill_of_pulumi_up_mid_update_then_documented_recovery(project):
     project.files(FAST)
     assert project.run("up", "--skip-preview")[0] == 0
     project.files(SLOW_FILE)
-    assert kill_cli_mid_migration(project) < 10
+    gone = kill_cli_mid_migration(project)
+    print(f"pulumi up SIGKILLed: the server rolled back after {gone:.1f}s")
+    assert gone < 10
     assert project.recorded() == ["001_a.sql"] and not project.table_exists("b")  # none of 002
     assert project.pending_operations() == ["updating"]
 

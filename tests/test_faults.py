@@ -53,7 +53,9 @@ def test_cli_killed_mid_migration_leaves_all_or_nothing_and_the_next_run_complet
     kill_group(proc)
     # the server notices the dead client within about a second (client_connection_check_interval) and rolls
     # back, instead of sleeping on for a minute holding the locks
-    assert backend_gone(database, pid) < 5
+    gone = backend_gone(database, pid)
+    print(f"CLI SIGKILLed: the server rolled back after {gone:.1f}s")
+    assert gone < 5
     assert recorded(database) == ["001_a.sql"]
     assert tables(database) == ["a"]  # nothing of 002: not b, not its row, not c
     assert lock_free(database)
