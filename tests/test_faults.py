@@ -150,6 +150,16 @@ def test_failed_no_transaction_migration_half_way_is_refused_until_resolved(conn
         migrate.resolve(conn, target, "001_x.sql", "retry")
 
 
+def test_forget_also_forgets_an_interrupted_migration(conn, tmp_path):
+    migrations = write(tmp_path, {
+        "001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\nCREATE INDEX CONCURRENTLY x_id ON nosuch (id);\n"})
+    target = Target(migrations)
+    with pytest.raises(migrate.StatementError):
+        migrate.apply(conn, target)
+    migrate.forget(conn, target, drop_tables=["x"])
+    assert migrate.status(conn, target).inflight == []
+
+
 def test_no_transaction_failure_in_its_first_statement_leaves_no_trace(conn, tmp_path):
     migrations = write(tmp_path, {"001_x.sql": "-- pgdbm:no-transaction\nCREATE INDEX CONCURRENTLY i ON nosuch (id);\n"})
     target = Target(migrations)

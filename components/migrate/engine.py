@@ -784,4 +784,7 @@ def forget(conn: psycopg.Connection, target: Target, drop_tables: Sequence[str] 
                 sql.Identifier(target.schema or "public", check_identifier(table, "table name"))))
         cur = conn.execute(sql.SQL("DELETE FROM {} WHERE module_name = %s").format(target.history_ident),
                            (target.module,))
+        if _tables_exist(conn, target)[1]:  # and any record of an interrupted no-transaction file
+            conn.execute(sql.SQL("DELETE FROM {} WHERE module_name = %s").format(target.inflight_ident),
+                         (target.module,))
         return cur.rowcount
