@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider,
                             UpdateResult)
@@ -196,14 +196,16 @@ class MigrationsProvider(ResourceProvider):
                 print(f"migrations {resource_id(news)}: recorded but not on disk: {', '.join(forgotten)}")
         return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
 
-    def _apply(self, props: Dict[str, Any], recorded: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-        """Apply pending files; first, if a fingerprint was recorded, refuse to build on a drifted schema."""
+    def _apply(self, props: Dict[str, Any], recorded: Optional[Dict[str, str]] = None,
+               covered: Sequence[str] = ()) -> Dict[str, Any]:
+        """Apply pending files; first, if a fingerprint was recorded (of the objects of the files ``covered``),
+        refuse to build on a drifted schema."""
         watch_engine()
         target = _target(props)
         try:
             with _connect(props) as conn:
                 if recorded is not None:
-                    differences = drift_mod.compare(recorded, _inspect(conn, props, target))
+                    differences = self._drift(conn, props, target, recorded, covered)
                     if differences and not props.get("accept_schema_drift"):
                         raise Exception(
                             f"Schema drift in {target.schema or 'public'} (module {target.module}): objects the "
@@ -230,12 +232,32 @@ class MigrationsProvider(ResourceProvider):
                     fingerprint=drift_mod.fingerprint(objects), drift=[], interrupted=[])
         return outs
 
+    @staticmethod
+    def _drift(conn, props: Dict[str, Any], target: migrate.Target, recorded: Dict[str, str],
+               covered: Sequence[str]) -> List[str]:
+        """Manual changes since the fingerprint. Not the work of other appliers: when files were applied since
+        (pgdbm at start-up), the schema moved on with the history and is fingerprinted again after this update;
+        objects of files not applied yet that exist already are an interrupted run's (reported as such)."""
+        current = migrate.status(conn, target)
+        if current.interrupted:
+            raise migrate.InterruptedMigrationError(current.interrupted, target.module)
+        since = [m.filename for m in current.plan.applied if m.filename not in set(covered)]
+        if since:
+            print(f"migrations {resource_id(props)}: applied outside this stack since its last update: "
+                  f"{', '.join(since)}; the schema fingerprint is taken again after this update")
+            return []
+        differences = drift_mod.compare(recorded, _inspect(conn, props, target))
+        if differences and current.plan.pending:
+            pending = migrate.engine.render_all(current.plan.pending, target).values()
+            differences = drift_mod.without_expected(differences, drift_mod.created_by(pending, target.schema))
+        return differences
+
     def create(self, props: Dict[str, Any]) -> CreateResult:
         return CreateResult(id_=resource_id(props), outs=self._apply(props))
 
     def update(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
         recorded = olds.get("objects") if _same(olds, news, PLACE) and olds.get("objects") is not None else None
-        return UpdateResult(outs=self._apply(news, recorded))
+        return UpdateResult(outs=self._apply(news, recorded, olds.get("applied") or []))
 
     def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
         """Live history: rows deleted or changed outside Pulumi show up as a diff against the inputs."""

@@ -152,3 +152,33 @@ def test_standalone_other_tables_in_public_are_not_drift_but_extension_is(pg_ser
         assert "extension vector: missing" in drift_lines(text)
     finally:
         env.close()
+
+
+def test_migrations_applied_by_pgdbm_between_ups_are_not_drift(pg_server, tmp_path):
+    """The app's pgdbm applies a new file at start-up before `pulumi up` does: its tables and its ALTER are the
+    history moving on, not a manual change; the up records them and takes the fingerprint again."""
+    import asyncio
+
+    from tests.test_pgdbm_interop import pgdbm_apply
+    files = {"001_docs.sql": "CREATE TABLE {{tables.docs}} (id serial PRIMARY KEY, body text);\n"}
+    env = DriftEnv(pg_server, tmp_path, {"schema": "app", "llmemory": False, "migrations_dir": "migrations",
+                                         "history_table": "app.schema_migrations"}, files)
+    try:
+        (tmp_path / "proj" / "migrations" / "002_tags.sql").write_text(
+            "CREATE TABLE {{tables.tags}} (name text PRIMARY KEY);\n"
+            "ALTER TABLE {{tables.docs}} ADD COLUMN tag text REFERENCES {{tables.tags}}(name);\n")
+        url = (f"postgresql://postgres:{pg_server.password}@127.0.0.1:{pg_server.port}/{env.database}")
+        result = asyncio.run(pgdbm_apply(url, tmp_path / "proj" / "migrations", "app"))
+        assert [m if isinstance(m, str) else m["filename"] for m in result["applied"]] == ["002_tags.sql"]
+        lines = []
+        env.stack.up(on_output=lines.append)
+        text = "\n".join(lines)
+        assert "applied outside this stack since its last update: 002_tags.sql" in text
+        assert "schema drift" not in text.lower() and "updated" in text
+        assert h.changes(env.stack.preview(refresh=True, on_output=lambda _: None)) == {}
+        # and a manual change after that is drift again
+        env.sql("ALTER TABLE app.tags ADD COLUMN intruder int")
+        changes, text = env.preview_refresh()
+        assert "column app.tags.intruder: added" in text
+    finally:
+        env.close()

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import uuid
 
 import psycopg
@@ -44,7 +45,8 @@ def project(pg_server, tmp_path):
                 (proj / "migrations" / filename).write_text(text)
 
         def start(self, *args):
-            proc = subprocess.Popen(["pulumi", *args, "--yes", "-s", "test"], cwd=proj, env=env, text=True,
+            confirm = [] if args[0] == "preview" else ["--yes"]
+            proc = subprocess.Popen(["pulumi", *args, *confirm, "-s", "test"], cwd=proj, env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
             sessions.append(proc.pid)
             return proc
@@ -124,3 +126,28 @@ def test_sigkill_of_the_first_pulumi_up_mid_create_then_documented_recovery(proj
     assert code == 0, out
     assert "pending operations" not in out and "applied 002_b.sql" in out
     assert project.recorded() == ["001_a.sql", "002_b.sql"]
+
+
+def test_interrupted_no_transaction_migration_stops_pulumi_up_until_resolved(project):
+    project.files(FAST)
+    assert project.run("up", "--skip-preview")[0] == 0
+    project.files({"002_idx.sql": "-- pgdbm:no-transaction\nCREATE TABLE IF NOT EXISTS big (id int);\n" + SLOW
+                                  + "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_id ON big (id);\n"})
+    kill_cli_mid_migration(project)
+    assert project.run("cancel")[0] == 0
+    code, out = project.run("up", "--skip-preview")
+    assert code != 0
+    assert "Interrupted migration(s) of module 'aword_memory'" in out
+    assert "002_idx.sql (no-transaction)" in out and "1 of 3 statement(s) completed" in out
+    assert project.recorded() == ["001_a.sql"]
+    # a refresh shows it too, as a change to the migrations resource
+    code, out = project.run("preview", "--refresh")
+    assert "interrupted:" in out and "002_idx.sql (no-transaction)" in out
+
+    resolved = subprocess.run([sys.executable, "-m", "components.migrate", "resolve", "002_idx.sql", "--retry",
+                               "--dsn", project.dsn, "--dir", str(project.root / "migrations")],
+                              capture_output=True, text=True, cwd=h.ROOT)
+    assert resolved.returncode == 0, resolved.stderr
+    code, out = project.run("up", "--skip-preview")
+    assert code == 0, out
+    assert project.recorded() == ["001_a.sql", "002_idx.sql"]

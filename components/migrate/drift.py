@@ -9,11 +9,12 @@ applications' objects in ``public`` are never drift.
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 import psycopg
 
-from .objects import ManagedObjects
+from .lint import parse
+from .objects import ManagedObjects, managed_objects
 
 _QUERY = """
 WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = %(schema)s),
@@ -94,6 +95,33 @@ def compare(recorded: Dict[str, str], live: Dict[str, str]) -> List[str]:
         elif recorded[key] != live[key]:
             lines.append(f"{key}: changed")
     return lines
+
+
+def created_by(rendered: Iterable[str], schema: Optional[str]) -> Set[str]:
+    """Names of the relations, functions and indexes that ``rendered`` SQL creates in the target schema."""
+    texts = list(rendered)
+    objects = managed_objects(texts, schema)
+    names = set(objects.tables) | set(objects.sequences) | set(objects.views) | set(objects.functions)
+    for text in texts:
+        for kind, stmt, _, _ in parse(text):
+            if kind == "IndexStmt" and stmt.get("idxname"):
+                names.add(stmt["idxname"])
+    return names
+
+
+def without_expected(differences: Sequence[str], created: Set[str]) -> List[str]:
+    """Drop "added" objects that files applied since the fingerprint (or pending ones) create: their early
+    appearance is another applier's work (pgdbm at start-up) or an interrupted run, not a manual change."""
+    kept = []
+    for line in differences:
+        key, _, what = line.rpartition(": ")
+        kind, _, qualified = key.partition(" ")
+        name = qualified.split(".", 1)[-1]  # without the schema
+        owner = name.split(".", 1)[0].split("(", 1)[0]  # a column's or constraint's table; a function's name
+        if what == "added" and kind != "extension" and owner in created:
+            continue
+        kept.append(line)
+    return kept
 
 
 def fingerprint(objects: Dict[str, str]) -> str:
