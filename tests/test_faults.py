@@ -127,13 +127,19 @@ def test_interrupted_no_transaction_migration_is_reported_then_retried(database,
         assert conn.execute("SELECT count(*) FROM public.schema_migrations_inflight").fetchone()[0] == 0
 
 
-def test_failed_no_transaction_migration_half_way_is_refused_until_resolved(conn, tmp_path):
-    migrations = write(tmp_path, {
-        "001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\nCREATE INDEX CONCURRENTLY x_id ON nosuch (id);\n",
-        "002_y.sql": "CREATE TABLE y (id int);\n"})
-    target = Target(migrations)
+HALF_FAILING = {"001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\nCREATE INDEX CONCURRENTLY x_id ON nosuch (id);\n"}
+
+
+def _failed_half_way(conn, tmp_path, extra=None):
+    """A no-transaction file whose second statement fails: its first statement stays, it is recorded as such."""
+    target = Target(write(tmp_path, {**HALF_FAILING, **(extra or {})}))
     with pytest.raises(migrate.StatementError, match=r"001_x.sql failed at line 3"):
         migrate.apply(conn, target)
+    return target
+
+
+def test_failed_no_transaction_migration_half_way_is_refused_until_resolved(conn, tmp_path):
+    target = _failed_half_way(conn, tmp_path, {"002_y.sql": "CREATE TABLE y (id int);\n"})
     status = migrate.status(conn, target)
     assert [i.filename for i in status.interrupted] == ["001_x.sql"]
     assert "failed: line 3: relation \"nosuch\" does not exist" in status.interrupted[0].describe()
@@ -151,11 +157,7 @@ def test_failed_no_transaction_migration_half_way_is_refused_until_resolved(conn
 
 
 def test_forget_also_forgets_an_interrupted_migration(conn, tmp_path):
-    migrations = write(tmp_path, {
-        "001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\nCREATE INDEX CONCURRENTLY x_id ON nosuch (id);\n"})
-    target = Target(migrations)
-    with pytest.raises(migrate.StatementError):
-        migrate.apply(conn, target)
+    target = _failed_half_way(conn, tmp_path)
     migrate.forget(conn, target, drop_tables=["x"])
     assert migrate.status(conn, target).inflight == []
 
@@ -171,12 +173,8 @@ def test_no_transaction_failure_in_its_first_statement_leaves_no_trace(conn, tmp
 
 
 def test_mark_applied_refuses_a_file_that_changed_since(conn, tmp_path):
-    migrations = write(tmp_path, {
-        "001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\nCREATE INDEX CONCURRENTLY x_id ON nosuch (id);\n"})
-    target = Target(migrations)
-    with pytest.raises(migrate.StatementError):
-        migrate.apply(conn, target)
-    write(migrations, {"001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\n"})
+    target = _failed_half_way(conn, tmp_path)
+    write(tmp_path, {"001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\n"})
     with pytest.raises(migrate.MigrationError, match="changed since it was interrupted"):
         migrate.resolve(conn, target, "001_x.sql", "mark-applied")
     assert [i.filename for i in migrate.status(conn, target).interrupted] == ["001_x.sql"]  # rolled back
