@@ -241,7 +241,8 @@ class MigrationsProvider(ResourceProvider):
         current = migrate.status(conn, target)
         if current.interrupted:
             raise migrate.InterruptedMigrationError(current.interrupted, target.module)
-        since = [m.filename for m in current.plan.applied if m.filename not in set(covered)]
+        covered = set(covered)
+        since = [m.filename for m in current.plan.applied if m.filename not in covered]
         if since:
             print(f"migrations {resource_id(props)}: applied outside this stack since its last update: "
                   f"{', '.join(since)}; the schema fingerprint is taken again after this update")

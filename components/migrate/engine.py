@@ -31,6 +31,7 @@ EXTENSION_REMEDY = (
     "run with a user that has SUPERUSER, or create the extension beforehand as a superuser: "
     "CREATE EXTENSION IF NOT EXISTS vector; GRANT ALL ON SCHEMA <schema> TO <migration user>;")
 POOL_MODES = ("auto", "session", "transaction")
+CLIENT_CHECK_INTERVAL = "1s"  # how soon the server notices a dead client and rolls its migration back
 # pgdbm's hints that a host is a transaction pooler, plus PgBouncer's default port
 POOLER_HOST_HINTS = ("-pooler", "pgbouncer", "transaction-pool")
 POOLER_PORT = 6432
@@ -223,9 +224,13 @@ def read_history(conn: psycopg.Connection, target: Target) -> Dict[str, str]:
     return {filename: checksum for filename, checksum in rows}
 
 
+def _lock_key(target: Target) -> sql.Composed:
+    """pgdbm's advisory lock key of the module."""
+    return sql.SQL("hashtext('pgdbm_migration_' || {})").format(sql.Literal(target.module))
+
+
 def _lock_sql(target: Target) -> sql.Composed:
-    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext('pgdbm_migration_' || {}))").format(
-        sql.Literal(target.module))
+    return sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(target))
 
 
 def _create_history_table(conn: psycopg.Connection, target: Target) -> None:
@@ -364,18 +369,6 @@ def _line_in(statement: lint_mod.Statement, exc: psycopg.Error) -> int:
     return statement.line + (statement.text[: int(position) - 1].count("\n") if position else 0)
 
 
-def _run_statements(conn: psycopg.Connection, migration: Migration, rendered: str, committed: List[str],
-                    target: Target) -> None:
-    for statement in lint_mod.split(rendered):
-        try:
-            conn.execute(statement.text)
-        except psycopg.Error as exc:
-            failure = _failure(exc)
-            raise StatementError(migration.filename, _line_in(statement, exc), statement.text, failure, committed,
-                                 remedy=_remedy_for(failure, target),
-                                 no_transaction=migration.no_transaction) from None
-
-
 def _already_applied(conn: psycopg.Connection, target: Target, migration: Migration) -> bool:
     """Re-plan of one file: recorded (by anyone) with the same checksum? A different one is an error."""
     row = conn.execute(sql.SQL(
@@ -464,9 +457,8 @@ def _check_sql(target: Target, migration: Migration) -> sql.Composed:
 
 
 def _try_lock_sql(target: Target) -> sql.Composed:
-    return sql.SQL("SELECT CASE WHEN pg_try_advisory_xact_lock(hashtext('pgdbm_migration_' || {})) THEN 1 "
-                   "ELSE ({} || pg_backend_pid())::int END").format(sql.Literal(target.module),
-                                                                     sql.Literal(BUSY_MARK + " "))
+    return sql.SQL("SELECT CASE WHEN pg_try_advisory_xact_lock({}) THEN 1 "
+                   "ELSE ({} || pg_backend_pid())::int END").format(_lock_key(target), sql.Literal(BUSY_MARK + " "))
 
 
 def _marked(exc: psycopg.Error, mark: str) -> bool:
@@ -532,7 +524,7 @@ def _settings_sql(target: Target) -> List[sql.Composable]:
         sql.Literal(f"{int(target.lock_timeout * 1000)}ms" if target.lock_timeout is not None else "0")),
         # a client killed mid-migration: the server notices within a second and rolls back (instead of running
         # the rest of the file and holding its locks for nobody)
-        sql.SQL("SET LOCAL client_connection_check_interval = '1s'")]
+        sql.SQL("SET LOCAL client_connection_check_interval = {}").format(sql.Literal(CLIENT_CHECK_INTERVAL))]
     if target.statement_timeout is not None:
         settings.append(sql.SQL("SET LOCAL statement_timeout = {}").format(
             sql.Literal(f"{int(target.statement_timeout * 1000)}ms")))
@@ -665,14 +657,13 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
     turned out to be applied already."""
     conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(target.lock_wait_timeout * 1000)}ms")))
     try:
-        conn.execute(sql.SQL("SELECT pg_advisory_lock(hashtext('pgdbm_migration_' || {}))").format(
-            sql.Literal(target.module)))
+        conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(_lock_key(target)))
     except psycopg.errors.LockNotAvailable:
         raise _lock_timeout_error(conn, target) from None
     finally:
         conn.execute("RESET lock_timeout")
     try:
-        conn.execute("SET client_connection_check_interval = '1s'")
+        conn.execute(sql.SQL("SET client_connection_check_interval = {}").format(sql.Literal(CLIENT_CHECK_INTERVAL)))
         if target.schema:
             conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(target.schema)))
         if _already_applied(conn, target, migration):
@@ -700,7 +691,7 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
                     conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target.inflight_ident, marker))
                 else:
                     conn.execute(sql.SQL("UPDATE {} SET error = %s WHERE {}").format(target.inflight_ident, marker),
-                                 (f"line {_line_in(statement, exc)}: {failure.message}",))
+                                 (f"line {error.line}: {failure.message}",))
                 raise error from None
             following = statements[index + 1].line if index + 1 < len(statements) else statement.line
             conn.execute(sql.SQL("UPDATE {} SET done = %s, next_line = %s WHERE {}").format(
@@ -715,8 +706,7 @@ def _apply_no_transaction(conn: psycopg.Connection, target: Target, migration: M
             conn.execute("RESET client_connection_check_interval")
             if target.schema:
                 conn.execute("RESET search_path")
-            conn.execute(sql.SQL("SELECT pg_advisory_unlock(hashtext('pgdbm_migration_' || {}))").format(
-                sql.Literal(target.module)))
+            conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(_lock_key(target)))
 
 
 def resolve(conn: psycopg.Connection, target: Target, filename: str, action: str) -> str:
