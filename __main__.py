@@ -1,10 +1,19 @@
-"""llmemory's database, one stack per environment: `pulumi up -s dev|staging|prod`."""
+"""llmemory's database, one stack per environment: `pulumi up -s dev|staging|prod`.
+
+Every `llmemory-db:*` key of Pulumi.yaml is read by the engine's one settings object (Settings.from_config);
+the roles are this program's own business.
+"""
 import pulumi
 import pulumi_postgresql as postgresql
 
-from components import MigratedSchema, MigratedSchemaArgs
+from components import MigratedSchema, MigratedSchemaArgs  # this repository's layout (same as llmemory_db)
+from llmemory_db.migrate import MigrationError, Settings
 
 config = pulumi.Config()
+try:
+    settings = Settings.from_config(config.get)
+except MigrationError as exc:
+    raise pulumi.RunError(str(exc)) from None
 runtime_roles = config.get_object("runtimeRoles") or []
 roles = []
 if config.get_bool("createRuntimeRoles"):
@@ -14,17 +23,7 @@ if config.get_bool("createRuntimeRoles"):
 
 db = MigratedSchema(
     "llmemory",
-    MigratedSchemaArgs(
-        schema=config.get("schema") or None,
-        module_name=config.get("moduleName") or "aword_memory",
-        history_table=config.get("historyTable") or "public.schema_migrations",
-        migrations_dir=config.get("migrationsDir") or "migrations",
-        runtime_roles=runtime_roles,
-        drop_on_destroy=config.get_bool("dropOnDestroy") or False,
-        strict=config.get_bool("strict") or False,
-        pool_mode=config.get("poolMode") or "auto",
-        accept_schema_drift=config.get_bool("acceptSchemaDrift") or False,
-    ),
+    MigratedSchemaArgs.from_settings(settings, runtime_roles=runtime_roles),
     opts=pulumi.ResourceOptions(depends_on=roles),
 )
 

@@ -26,7 +26,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.migrate import load, render  # noqa: E402
+from llmemory_db.migrate import load, render  # noqa: E402
 from tools.pgserver import Server, bin_dir  # noqa: E402
 
 PY = sys.executable
@@ -109,7 +109,7 @@ class Bench:
                              "-p", str(self.server.port), "-U", "postgres", "-d", db, "-f", str(script)], env=env)
 
     def engine(self, mdir: Path, db: str):
-        return run_measured([PY, "-m", "components.migrate", "apply", "--dsn", self.url(db), "--dir", str(mdir),
+        return run_measured([PY, "-m", "llmemory_db.migrate", "apply", "--dsn", self.url(db), "--dir", str(mdir),
                              "--schema", SCHEMA, "--json"], cwd=ROOT)
 
     def pgdbm(self, mdir: Path, db: str):
@@ -196,13 +196,13 @@ class Bench:
 
     def drift_cost(self, n: int, reps: int):
         """Refresh cost of schema drift detection: the one catalog query over a schema of N tables."""
-        from components import migrate
-        from components.migrate import drift
-        from components.migrate.objects import managed_objects
+        from llmemory_db import migrate
+        from llmemory_db.migrate import drift
+        from llmemory_db.migrate.objects import managed_objects
         mdir = make_migrations(self.workdir / f"m{n}", n)
         db = self.fresh_db()
         try:
-            target = migrate.Target(mdir, schema=SCHEMA)
+            target = migrate.Settings(mdir, schema=SCHEMA)
             with migrate.connect(self.url(db)) as conn:
                 migrate.apply(conn, target)
                 managed = managed_objects(migrate.engine.render_all(migrate.load(mdir), target).values(), SCHEMA)
@@ -223,7 +223,7 @@ class Bench:
             f"name: {name}\nruntime:\n  name: python\n  options:\n    virtualenv: {ROOT / '.venv'}\n")
         make_migrations(project / "migrations", n_files)
         (project / "__main__.py").write_text(textwrap.dedent(f"""
-            from components import MigratedSchema, MigratedSchemaArgs
+            from llmemory_db import MigratedSchema, MigratedSchemaArgs
             for i in range({k}):
                 MigratedSchema(f"s{{i}}", MigratedSchemaArgs(schema=f"fan_{{i}}" if {k} > 1 else "bench",
                                                              module_name=f"m{{i}}", extensions=()))

@@ -60,11 +60,11 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def cli(*args: str, dsn: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "components.migrate", *args, "--dsn", dsn], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "llmemory_db.migrate", *args, "--dsn", dsn], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             **kwargs)
 
 
 def cli_run(*args: str, dsn: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "components.migrate", *args, "--dsn", dsn], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "llmemory_db.migrate", *args, "--dsn", dsn], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)

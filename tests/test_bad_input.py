@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from components import migrate
-from components.migrate import InvalidIdentifierError, MigrationError, Target
+from llmemory_db import migrate
+from llmemory_db.migrate import InvalidIdentifierError, MigrationError, Settings
 from tests.conftest import write
 
 GOOD = {"001_base.sql": "CREATE TABLE {{tables.base}} (id int);\n"}
@@ -66,11 +66,11 @@ def relations(conn):
 @pytest.mark.parametrize("case,files,message,line", FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_bad_file(conn, tmp_path, case, files, message, line):
     migrations = write(tmp_path, GOOD)
-    migrate.apply(conn, Target(migrations))
+    migrate.apply(conn, Settings(migrations))
     before_history, before_tables = history(conn), relations(conn)
     write(migrations, files)
     with pytest.raises(MigrationError) as info:
-        migrate.apply(conn, Target(migrations))
+        migrate.apply(conn, Settings(migrations))
     text = str(info.value)
     assert message in text, text
     if line is not None:
@@ -83,7 +83,7 @@ def test_error_in_third_of_five_keeps_two(conn, tmp_path):
     files = {f"00{i}_t{i}.sql": f"CREATE TABLE t{i} (id int);" for i in (1, 2, 4, 5)}
     files["003_t3.sql"] = "CREATE TABLE t3 (id int);\nSELECT 1/0;"
     with pytest.raises(MigrationError) as info:
-        migrate.apply(conn, Target(write(tmp_path, files)))
+        migrate.apply(conn, Settings(write(tmp_path, files)))
     assert "committed earlier in this run: 001_t1.sql, 002_t2.sql" in str(info.value)
     assert [r[0] for r in history(conn)] == ["001_t1.sql", "002_t2.sql"]
 
@@ -93,26 +93,26 @@ def test_link_escaping_the_directory(conn, tmp_path):
     migrations = write(tmp_path / "m", GOOD)
     os.symlink(outside / "evil.sql", migrations / "002_evil.sql")
     with pytest.raises(MigrationError, match="002_evil.sql is a link"):
-        migrate.apply(conn, Target(migrations))
+        migrate.apply(conn, Settings(migrations))
     assert conn.execute("SELECT to_regclass('public.schema_migrations')").fetchone() == (None,)
 
 
 def test_missing_directory(conn, tmp_path):
     with pytest.raises(MigrationError, match=r"nowhere does not exist"):
-        migrate.apply(conn, Target(tmp_path / "nowhere"))
+        migrate.apply(conn, Settings(tmp_path / "nowhere"))
 
 
 @pytest.mark.parametrize("field,value,named", [
     ("schema", 'sch"ema', "schema name"), ("schema", "a;drop schema public", "schema name"),
     ("schema", "with space", "schema name"), ("schema", LONG, "schema name"),
-    ("module", "mod'ule", "module name"), ("module", "a;b", "module name"), ("module", "with space", "module name"),
-    ("module", "m" * 101, "module name"),
+    ("module_name", "mod'ule", "module name"), ("module_name", "a;b", "module name"), ("module_name", "with space", "module name"),
+    ("module_name", "m" * 101, "module name"),
     ("history_table", 'public."x"', "history table name"), ("history_table", "a.b.c", "history table"),
     ("history_table", "x;drop", "history table name"), ("history_table", "public." + LONG, "history table name"),
 ])
 def test_invalid_names_are_refused_before_any_sql(tmp_path, field, value, named):
     with pytest.raises((InvalidIdentifierError, MigrationError)) as info:
-        Target(tmp_path, **{field: value})
+        Settings(tmp_path, **{field: value})
     assert str(info.value).startswith(f"Invalid {named}") and "Remedy:" in str(info.value)
 
 
@@ -122,7 +122,7 @@ def test_invalid_names_are_refused_before_any_sql(tmp_path, field, value, named)
     ("comments only", "-- nothing to do yet\n/* really */\n"),
 ])
 def test_inputs_that_must_work(conn, tmp_path, name, text):
-    result = migrate.apply(conn, Target(write(tmp_path, {"002_x.sql": text})))
+    result = migrate.apply(conn, Settings(write(tmp_path, {"002_x.sql": text})))
     assert result.applied == ["002_x.sql"]
     assert result.checksums["002_x.sql"] == migrate.checksum(text)
 
@@ -132,6 +132,6 @@ def test_ten_megabyte_file_with_an_error_on_its_last_line(conn, tmp_path):
     text = f"CREATE TABLE big (id int, pad text);\n{rows}\nINSERT INTO big VALUES ('oops', 'x');\n"
     assert len(text) > 10_000_000
     with pytest.raises(MigrationError) as info:
-        migrate.apply(conn, Target(write(tmp_path, {"001_big.sql": text})))
+        migrate.apply(conn, Settings(write(tmp_path, {"001_big.sql": text})))
     assert info.value.line == 100_002 and "invalid input syntax for type integer" in str(info.value)
     assert ("big",) not in relations(conn)

@@ -6,16 +6,17 @@ from pathlib import Path
 
 from tests.conftest import ROOT, write
 
-ENGINE = ROOT / "components" / "migrate"
+ENGINE = ROOT / "llmemory_db" / "migrate"
 
 
 def cli(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "components.migrate", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "llmemory_db.migrate", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, check=check)
 
 
 def test_engine_never_imports_pulumi():
-    code = "import sys, components.migrate, components.migrate.cli; print([m for m in sys.modules if m.startswith('pulumi')])"
+    code = ("import sys, llmemory_db.migrate, llmemory_db.migrate.cli, components.migrate; "
+            "print([m for m in sys.modules if m.startswith('pulumi')])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     for path in ENGINE.glob("*.py"):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 PROGRAM = """
 import json
 import pulumi
-from components import MigratedSchema, MigratedSchemaArgs
+from llmemory_db import MigratedSchema, MigratedSchemaArgs
 
 for spec in json.loads(pulumi.Config().get("components") or '[{"name": "db"}]'):
     name = spec.pop("name")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 PROGRAM = """
 import pulumi
-from components import Migrations, MigrationsArgs
+from llmemory_db import Migrations, MigrationsArgs
 cfg = pulumi.Config()
 m = Migrations("m", MigrationsArgs(migrations_dir=cfg.require("dir"), schema=cfg.get("schema") or None,
                                    module_name=cfg.require("module"), history_table=cfg.require("history")))
@@ -77,7 +77,7 @@ class Race:
             if schema:
                 conn.execute(f"CREATE SCHEMA {schema}")
         warmup = write(self.tmp / f"w_{schema or 'public'}", {"000_init.sql": "SELECT 1;\n"})
-        subprocess.run([sys.executable, "-m", "components.migrate", "apply", "--dsn", self.dsn, "--dir", str(warmup),
+        subprocess.run([sys.executable, "-m", "llmemory_db.migrate", "apply", "--dsn", self.dsn, "--dir", str(warmup),
                         "--module", module, "--history-table", history] + (["--schema", schema] if schema else []),
                        cwd=ROOT, check=True, capture_output=True)
         return directory, history
@@ -89,7 +89,7 @@ class Race:
                               self.project))
 
     def cli(self, label, directory, schema, module, history):
-        self.commands.append((label, [sys.executable, "-m", "components.migrate", "apply", "--dsn", self.dsn,
+        self.commands.append((label, [sys.executable, "-m", "llmemory_db.migrate", "apply", "--dsn", self.dsn,
                                       "--dir", str(directory), "--module", module, "--history-table", history,
                                       "--json"] + (["--schema", schema] if schema else []), ROOT))
 

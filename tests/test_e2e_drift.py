@@ -13,12 +13,12 @@ pytestmark = pytest.mark.e2e
 PROGRAM = """
 import json
 import pulumi
-from components import MigratedSchema, MigratedSchemaArgs
-import components
+from llmemory_db import MigratedSchema, MigratedSchemaArgs
+import llmemory_db
 
 spec = json.loads(pulumi.Config().get("spec") or "{}")
 if spec.pop("llmemory", True):
-    spec.setdefault("migrations_dir", components.LLMEMORY_MIGRATIONS)
+    spec.setdefault("migrations_dir", llmemory_db.LLMEMORY_MIGRATIONS)
 db = MigratedSchema("db", MigratedSchemaArgs(**spec))
 pulumi.export("applied", db.applied)
 pulumi.export("fingerprint", db.fingerprint)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 PROGRAM = """
 import pulumi
-from components import Migrations, MigrationsArgs
+from llmemory_db import Migrations, MigrationsArgs
 m = Migrations("m", MigrationsArgs(migrations_dir="migrations"))
 pulumi.export("applied", m.applied)
 """
@@ -144,7 +144,7 @@ def test_interrupted_no_transaction_migration_stops_pulumi_up_until_resolved(pro
     code, out = project.run("preview", "--refresh")
     assert "interrupted:" in out and "002_idx.sql (no-transaction)" in out
 
-    resolved = subprocess.run([sys.executable, "-m", "components.migrate", "resolve", "002_idx.sql", "--retry",
+    resolved = subprocess.run([sys.executable, "-m", "llmemory_db.migrate", "resolve", "002_idx.sql", "--retry",
                                "--dsn", project.dsn, "--dir", str(project.root / "migrations")],
                               capture_output=True, text=True, cwd=h.ROOT)
     assert resolved.returncode == 0, resolved.stderr

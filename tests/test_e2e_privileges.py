@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 PROGRAM = """
 import pulumi
-from components import MigratedSchema, MigratedSchemaArgs
+from llmemory_db import MigratedSchema, MigratedSchemaArgs
 db = MigratedSchema("db", MigratedSchemaArgs(schema="llmemory", migrations_dir="migrations",
                                              runtime_roles=pulumi.Config().require_object("roles")))
 pulumi.export("applied", db.applied)

@@ -6,9 +6,9 @@ import uuid
 import psycopg
 import pytest
 
-from components import migrate
-from components.migrate import (ChecksumMismatchError, ConnectionFailedError, LintError, LockTimeoutError,
-                                MigrationError, StatementError, Target)
+from llmemory_db import migrate
+from llmemory_db.migrate import (ChecksumMismatchError, ConnectionFailedError, LintError, LockTimeoutError,
+                                MigrationError, StatementError, Settings)
 from tests.conftest import write
 
 TWO = {
@@ -30,7 +30,7 @@ def tables_in(conn, schema):
 
 
 def test_standalone_apply_then_noop(conn, tmp_path):
-    target = Target(write(tmp_path, TWO))
+    target = Settings(write(tmp_path, TWO))
     result = migrate.apply(conn, target)
     assert result.applied == ["001_documents.sql", "002_chunks.sql"]
     assert {"documents", "chunks", "schema_migrations"} <= set(tables_in(conn, "public"))
@@ -45,7 +45,7 @@ def test_standalone_apply_then_noop(conn, tmp_path):
 
 def test_schema_mode_puts_tables_in_the_schema_and_history_in_public(conn, tmp_path):
     conn.execute("CREATE SCHEMA llmemory")
-    migrate.apply(conn, Target(write(tmp_path, TWO), schema="llmemory"))
+    migrate.apply(conn, Settings(write(tmp_path, TWO), schema="llmemory"))
     assert tables_in(conn, "llmemory") == ["chunks", "documents"]
     assert "documents" not in tables_in(conn, "public")
     assert len(history(conn)) == 2
@@ -55,20 +55,20 @@ def test_two_schemas_one_database_separate_modules(conn, tmp_path):
     migrations = write(tmp_path, TWO)
     for schema in ("tenant_a", "tenant_b"):
         conn.execute(f"CREATE SCHEMA {schema}")
-        migrate.apply(conn, Target(migrations, schema=schema, module=f"mem_{schema}"))
+        migrate.apply(conn, Settings(migrations, schema=schema, module_name=f"mem_{schema}"))
     assert tables_in(conn, "tenant_a") == tables_in(conn, "tenant_b") == ["chunks", "documents"]
     assert len(history(conn, module="mem_tenant_a")) == len(history(conn, module="mem_tenant_b")) == 2
 
 
 def test_missing_schema_gets_the_spec_remedy(conn, tmp_path):
     with pytest.raises(MigrationError, match=r'schema "nowhere" does not exist') as info:
-        migrate.apply(conn, Target(write(tmp_path, TWO), schema="nowhere"))
+        migrate.apply(conn, Settings(write(tmp_path, TWO), schema="nowhere"))
     assert "CREATE SCHEMA IF NOT EXISTS nowhere" in str(info.value)
 
 
 def test_search_path_is_schema_then_public(conn, tmp_path):
     conn.execute("CREATE SCHEMA app")
-    migrate.apply(conn, Target(write(tmp_path, {
+    migrate.apply(conn, Settings(write(tmp_path, {
         "001_plain.sql": "CREATE TABLE plain_table (id int);\n"
                          "CREATE TABLE {{tables.probe}} AS SELECT current_setting('search_path') AS sp;"}),
         schema="app"))
@@ -81,7 +81,7 @@ def test_failure_in_third_of_five_keeps_first_two_and_reports_them(conn, tmp_pat
     files = {f"00{i}_t{i}.sql": f"CREATE TABLE t{i} (id int);\n" for i in (1, 2, 4, 5)}
     files["003_bad.sql"] = "CREATE TABLE t3 (id int);\nINSERT INTO t3 VALUES (1);\n\nINSERT INTO t3 VALUES (1/0);\n"
     with pytest.raises(StatementError) as info:
-        migrate.apply(conn, Target(write(tmp_path, files)))
+        migrate.apply(conn, Settings(write(tmp_path, files)))
     error = info.value
     assert (error.file, error.line, error.sqlstate) == ("003_bad.sql", 4, "22012")
     assert error.committed == ["001_t1.sql", "002_t2.sql"]
@@ -96,19 +96,19 @@ def test_failure_in_third_of_five_keeps_first_two_and_reports_them(conn, tmp_pat
 def test_error_line_inside_a_multiline_statement(conn, tmp_path):
     sql = "SELECT 1;\nCREATE TABLE x (\n  id int,\n  bad nosuchtype\n);\n"
     with pytest.raises(StatementError) as info:
-        migrate.apply(conn, Target(write(tmp_path, {"001_x.sql": sql})))
+        migrate.apply(conn, Settings(write(tmp_path, {"001_x.sql": sql})))
     assert info.value.line == 4 and info.value.sqlstate == "42704"
     assert 'type "nosuchtype" does not exist' in str(info.value)
 
 
 def test_modified_after_applied_is_refused_with_both_checksums(conn, tmp_path):
     migrations = write(tmp_path, TWO)
-    migrate.apply(conn, Target(migrations))
+    migrate.apply(conn, Settings(migrations))
     before = history(conn)
     (migrations / "001_documents.sql").write_text(TWO["001_documents.sql"] + "-- edited\n")
     write(migrations, {"003_more.sql": "CREATE TABLE more (id int);"})
     with pytest.raises(ChecksumMismatchError) as info:
-        migrate.apply(conn, Target(migrations))
+        migrate.apply(conn, Settings(migrations))
     text = str(info.value)
     assert "Migration 001_documents.sql has been modified after being applied" in text
     assert before[0][1] in text and migrate.checksum((migrations / "001_documents.sql").read_text()) in text
@@ -119,18 +119,18 @@ def test_modified_after_applied_is_refused_with_both_checksums(conn, tmp_path):
 def test_lint_errors_stop_before_anything_runs(conn, tmp_path):
     migrations = write(tmp_path, {"001_ok.sql": "CREATE TABLE ok (id int);", "002_bad.sql": "CREAT TABLE x ();"})
     with pytest.raises(LintError, match="002_bad.sql:1:1"):
-        migrate.apply(conn, Target(migrations))
+        migrate.apply(conn, Settings(migrations))
     assert "ok" not in tables_in(conn, "public")
     assert conn.execute("SELECT to_regclass('public.schema_migrations')").fetchone()[0] is None
 
 
 def test_missing_on_disk_is_reported_not_an_error(conn, tmp_path):
     migrations = write(tmp_path, TWO)
-    migrate.apply(conn, Target(migrations))
+    migrate.apply(conn, Settings(migrations))
     (migrations / "002_chunks.sql").unlink()
-    status = migrate.status(conn, Target(migrations))
+    status = migrate.status(conn, Settings(migrations))
     assert status.plan.missing == ["002_chunks.sql"] and status.plan.pending == []
-    assert migrate.apply(conn, Target(migrations)).missing == ["002_chunks.sql"]
+    assert migrate.apply(conn, Settings(migrations)).missing == ["002_chunks.sql"]
 
 
 def test_pgdbm_created_history_table_is_used_as_it_is(conn, tmp_path):
@@ -138,7 +138,7 @@ def test_pgdbm_created_history_table_is_used_as_it_is(conn, tmp_path):
         id SERIAL PRIMARY KEY, filename VARCHAR(255) NOT NULL, checksum VARCHAR(64) NOT NULL,
         module_name VARCHAR(100), applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
         applied_by VARCHAR(100) DEFAULT CURRENT_USER, execution_time_ms INTEGER, UNIQUE(filename, module_name))""")
-    migrate.apply(conn, Target(write(tmp_path, TWO)))
+    migrate.apply(conn, Settings(write(tmp_path, TWO)))
     columns = [r[0] for r in conn.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'schema_migrations' "
         "ORDER BY ordinal_position").fetchall()]
@@ -150,7 +150,7 @@ def test_no_transaction_migration_runs_in_autocommit(conn, tmp_path):
     migrations = write(tmp_path, {
         "001_t.sql": "CREATE TABLE t (id int);",
         "002_idx.sql": "-- pgdbm:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx_t ON t (id);\n"})
-    assert migrate.apply(conn, Target(migrations)).applied == ["001_t.sql", "002_idx.sql"]
+    assert migrate.apply(conn, Settings(migrations)).applied == ["001_t.sql", "002_idx.sql"]
     assert conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_t'").fetchone()[0] == 1
 
 
@@ -159,7 +159,7 @@ def test_lock_timeout_names_the_holder(conn, database, tmp_path):
     holder.execute("SELECT pg_advisory_lock(hashtext('pgdbm_migration_aword_memory'))")
     try:
         with pytest.raises(LockTimeoutError) as info:
-            migrate.apply(conn, Target(write(tmp_path, TWO), lock_wait_timeout=0.3))
+            migrate.apply(conn, Settings(write(tmp_path, TWO), lock_wait_timeout=0.3))
         text = str(info.value)
         assert "Timed out after 0.3s waiting for the migration lock of module 'aword_memory'" in text
         assert f"pid {holder.info.backend_pid}" in text and "someone-else" in text
@@ -172,7 +172,7 @@ def test_waits_for_the_lock_then_applies(conn, database, tmp_path):
     holder.execute("SELECT pg_advisory_lock(hashtext('pgdbm_migration_aword_memory'))")
     threading.Timer(0.5, holder.close).start()
     started = time.monotonic()
-    assert len(migrate.apply(conn, Target(write(tmp_path, TWO), lock_wait_timeout=10)).applied) == 2
+    assert len(migrate.apply(conn, Settings(write(tmp_path, TWO), lock_wait_timeout=10)).applied) == 2
     assert time.monotonic() - started >= 0.4
 
 
@@ -184,7 +184,7 @@ def test_concurrent_appliers_record_each_migration_once(pg_server, database, tmp
     def run():
         try:
             with migrate.connect(database) as c:
-                results.append(migrate.apply(c, Target(migrations)).applied)
+                results.append(migrate.apply(c, Settings(migrations)).applied)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -206,7 +206,7 @@ def test_permission_denied_for_extension_gets_the_spec_remedy(conn, database, tm
         "password=migrator-secret-pw " + database.split("password=")[1].split(" ", 1)[1]
     with migrate.connect(dsn) as other:
         with pytest.raises(StatementError) as info:
-            migrate.apply(other, Target(write(tmp_path, {"001_ext.sql": "CREATE EXTENSION IF NOT EXISTS vector;"})))
+            migrate.apply(other, Settings(write(tmp_path, {"001_ext.sql": "CREATE EXTENSION IF NOT EXISTS vector;"})))
     text = str(info.value)
     assert 'permission denied to create extension "vector"' in text
     assert "SUPERUSER" in text and "CREATE EXTENSION IF NOT EXISTS vector" in text
@@ -237,7 +237,7 @@ def test_unreachable_server_retries_with_backoff_then_fails(pg_server):
 def test_error_without_a_server_position_is_located_by_replay(conn, tmp_path):
     sql = "CREATE TABLE dup (id int);\n-- again:\n\nCREATE TABLE dup (id int);\n"
     with pytest.raises(StatementError) as info:
-        migrate.apply(conn, Target(write(tmp_path, {"001_dup.sql": sql})))
+        migrate.apply(conn, Settings(write(tmp_path, {"001_dup.sql": sql})))
     assert (info.value.line, info.value.sqlstate) == (4, "42P07")
     assert 'relation "dup" already exists' in str(info.value)
     assert "dup" not in tables_in(conn, "public")
@@ -250,7 +250,7 @@ def test_error_without_a_server_position_is_located_by_replay(conn, tmp_path):
     "CREATE TABLE t (id int);\nCOMMENT ON TABLE t IS 'it''s $1 and %s and {0}';",
 ])
 def test_awkward_but_valid_files_apply_and_commit(conn, tmp_path, text):
-    result = migrate.apply(conn, Target(write(tmp_path, {"001_t.sql": text})))
+    result = migrate.apply(conn, Settings(write(tmp_path, {"001_t.sql": text})))
     assert result.applied == ["001_t.sql"]
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert "t" in tables_in(conn, "public") and len(history(conn)) == 1
@@ -262,7 +262,7 @@ def test_lock_timeout_of_a_migration_statement_is_not_the_migration_lock(conn, d
     other.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")  # held in an open transaction
     try:
         with pytest.raises(StatementError) as info:
-            migrate.apply(conn, Target(write(tmp_path, {"001_alter.sql": "ALTER TABLE busy ADD COLUMN x int;"}),
+            migrate.apply(conn, Settings(write(tmp_path, {"001_alter.sql": "ALTER TABLE busy ADD COLUMN x int;"}),
                                        lock_timeout=0.2))
         assert info.value.sqlstate == "55P03" and "lock_timeout" in str(info.value)
     finally:
@@ -272,13 +272,13 @@ def test_lock_timeout_of_a_migration_statement_is_not_the_migration_lock(conn, d
 
 def test_statement_timeout(conn, tmp_path):
     with pytest.raises(StatementError) as info:
-        migrate.apply(conn, Target(write(tmp_path, {"001_slow.sql": "SELECT 1;\nSELECT pg_sleep(5);"}),
+        migrate.apply(conn, Settings(write(tmp_path, {"001_slow.sql": "SELECT 1;\nSELECT pg_sleep(5);"}),
                                    statement_timeout=0.2))
     assert (info.value.sqlstate, info.value.line) == ("57014", 2)
     assert "statement_timeout" in str(info.value)
 
 
 def test_execution_time_and_applied_by_are_recorded(conn, tmp_path):
-    migrate.apply(conn, Target(write(tmp_path, {"001_sleep.sql": "SELECT pg_sleep(0.05);"})))
+    migrate.apply(conn, Settings(write(tmp_path, {"001_sleep.sql": "SELECT pg_sleep(0.05);"})))
     elapsed, applied_by = conn.execute("SELECT execution_time_ms, applied_by FROM schema_migrations").fetchone()
     assert 40 <= elapsed < 2000 and applied_by == "postgres"

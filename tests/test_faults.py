@@ -8,8 +8,8 @@ import json
 import psycopg
 import pytest
 
-from components import migrate
-from components.migrate import Target
+from llmemory_db import migrate
+from llmemory_db.migrate import Settings
 from tests.conftest import write
 from tests.faults import SLOW, backend_gone, cli, cli_run, kill_group, make_slow, sleeping_backend
 from tools.pgserver import Server
@@ -111,7 +111,7 @@ def test_interrupted_no_transaction_migration_is_reported_then_retried(database,
     assert "002_idx.sql (no-transaction) started at" in result.stderr
     assert f"was interrupted (backend pid {pid} is gone)" in result.stderr
     assert "1 of 3 statement(s) completed; the statement at line 3 did not complete" in result.stderr
-    assert "python -m components.migrate resolve 002_idx.sql --retry" in result.stderr
+    assert "python -m llmemory_db.migrate resolve 002_idx.sql --retry" in result.stderr
     assert recorded(database) == ["001_a.sql"]
     assert tables(database) == ["a", "big"]  # what ran stays: the report says so
     status = cli_run("status", "--dir", str(migrations), dsn=database)
@@ -132,7 +132,7 @@ HALF_FAILING = {"001_x.sql": "-- pgdbm:no-transaction\nCREATE TABLE x (id int);\
 
 def _failed_half_way(conn, tmp_path, extra=None):
     """A no-transaction file whose second statement fails: its first statement stays, it is recorded as such."""
-    target = Target(write(tmp_path, {**HALF_FAILING, **(extra or {})}))
+    target = Settings(write(tmp_path, {**HALF_FAILING, **(extra or {})}))
     with pytest.raises(migrate.StatementError, match=r"001_x.sql failed at line 3"):
         migrate.apply(conn, target)
     return target
@@ -164,7 +164,7 @@ def test_forget_also_forgets_an_interrupted_migration(conn, tmp_path):
 
 def test_no_transaction_failure_in_its_first_statement_leaves_no_trace(conn, tmp_path):
     migrations = write(tmp_path, {"001_x.sql": "-- pgdbm:no-transaction\nCREATE INDEX CONCURRENTLY i ON nosuch (id);\n"})
-    target = Target(migrations)
+    target = Settings(migrations)
     with pytest.raises(migrate.StatementError):
         migrate.apply(conn, target)
     assert migrate.status(conn, target).inflight == []

@@ -4,7 +4,7 @@ import os
 import pytest
 from pgdbm.migrations import AsyncMigrationManager, Migration as PgdbmMigration
 
-from components.migrate import (DuplicateVersionError, MigrationFileError, MigrationsDirectoryError, checksum, load,
+from llmemory_db.migrate import (DuplicateVersionError, MigrationFileError, MigrationsDirectoryError, checksum, load,
                                 version_of)
 from tests.conftest import write
 

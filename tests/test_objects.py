@@ -1,6 +1,6 @@
 """Which objects the migrations manage: parsed from the rendered SQL (used for grants and drift)."""
-from components.migrate import load, render
-from components.migrate.objects import managed_objects
+from llmemory_db.migrate import load, render
+from llmemory_db.migrate.objects import managed_objects
 
 
 def test_llmemory_migrations():

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from pgdbm import AsyncDatabaseManager, AsyncMigrationManager, DatabaseConfig
 
-from components import migrate
-from components.migrate import Target
+from llmemory_db import migrate
+from llmemory_db.migrate import Settings
 from tests.conftest import write
 
 FILES = {
@@ -50,7 +50,7 @@ def test_pgdbm_first_then_engine_sees_nothing_pending(pg_server, database, conn,
     # pgdbm 0.5 keeps the history in <schema>.schema_migrations: point the engine at it
     history = f"{schema}.schema_migrations" if schema else "public.schema_migrations"
     before = rows(conn, history)
-    target = Target(migrations, schema=schema, history_table=history)
+    target = Settings(migrations, schema=schema, history_table=history)
     status = migrate.status(conn, target)
     assert status.plan.pending == [] and status.plan.mismatched == []
     assert migrate.apply(conn, target).applied == []
@@ -63,7 +63,7 @@ def test_engine_first_then_pgdbm_applies_nothing(pg_server, database, conn, tmp_
     if schema:
         conn.execute(f"CREATE SCHEMA {schema}")
     history = f"{schema}.schema_migrations" if schema else "public.schema_migrations"
-    applied = migrate.apply(conn, Target(migrations, schema=schema, history_table=history)).applied
+    applied = migrate.apply(conn, Settings(migrations, schema=schema, history_table=history)).applied
     assert len(applied) == 3
     result = asyncio.run(pgdbm_apply(url(pg_server, database), migrations, schema))
     assert result["status"] == "up_to_date" and result["applied"] == []
@@ -72,7 +72,7 @@ def test_engine_first_then_pgdbm_applies_nothing(pg_server, database, conn, tmp_
 
 def test_pgdbm_sees_an_edit_of_a_file_the_engine_applied(pg_server, database, conn, tmp_path):
     migrations = write(tmp_path, FILES)
-    migrate.apply(conn, Target(migrations))
+    migrate.apply(conn, Settings(migrations))
     (migrations / "003_fn.sql").write_text(FILES["003_fn.sql"] + "-- changed\n")
     with pytest.raises(Exception, match="modified after being applied"):
         asyncio.run(pgdbm_apply(url(pg_server, database), migrations))
@@ -84,7 +84,7 @@ def test_started_together_each_migration_recorded_once(pg_server, database, tmp_
     # pgdbm creates its history table before taking the lock, so pgdbm instances racing on an empty database
     # can fail on CREATE TABLE (pg_type unique violation) among themselves; start from an existing table
     with migrate.connect(database) as c:
-        migrate.apply(c, Target(write(tmp_path / "empty", {"000_init.sql": "SELECT 1;"})))
+        migrate.apply(c, Settings(write(tmp_path / "empty", {"000_init.sql": "SELECT 1;"})))
     errors = []
     barrier = threading.Barrier(6)
 
@@ -92,7 +92,7 @@ def test_started_together_each_migration_recorded_once(pg_server, database, tmp_
         try:
             with migrate.connect(database) as c:
                 barrier.wait()
-                migrate.apply(c, Target(migrations))
+                migrate.apply(c, Settings(migrations))
         except Exception as exc:
             errors.append(exc)
 

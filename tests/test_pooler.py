@@ -6,8 +6,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from components import migrate
-from components.migrate import Target
+from llmemory_db import migrate
+from llmemory_db.migrate import Settings
 from tests.conftest import ROOT, write
 from tools.pgbouncer import Bouncer
 
@@ -35,7 +35,7 @@ def llmemory_files(tmp_path):
 
 def test_llmemory_schema_applies_through_transaction_pooling(bouncer, database, conn, llmemory_files):
     conn.execute("CREATE SCHEMA llmemory")
-    target = Target(llmemory_files, schema="llmemory")
+    target = Settings(llmemory_files, schema="llmemory")
     with migrate.connect(through(bouncer, database)) as pooled:
         assert "pooler or proxy" in migrate.pooler(pooled, target)  # it is detected ...
         result = migrate.apply(pooled, target)  # ... and harmless for transactional files
@@ -54,7 +54,7 @@ def test_concurrent_appliers_through_the_pooler_record_each_file_once(bouncer, d
     def run():
         try:
             with migrate.connect(through(bouncer, database)) as pooled:
-                applied.extend(migrate.apply(pooled, Target(migrations)).applied)
+                applied.extend(migrate.apply(pooled, Settings(migrations)).applied)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -74,7 +74,7 @@ def test_no_transaction_migration_through_transaction_pooling_is_refused(bouncer
         "002_idx.sql": "-- pgdbm:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS a_id ON a (id);\n"})
     with migrate.connect(through(bouncer, database)) as pooled:
         with pytest.raises(migrate.PoolerError) as info:
-            migrate.apply(pooled, Target(migrations))
+            migrate.apply(pooled, Settings(migrations))
     message = str(info.value)
     assert "002_idx.sql is a no-transaction migration" in message
     assert "transaction-pooling endpoint" in message and "nothing was applied" in message
@@ -88,7 +88,7 @@ def test_no_transaction_migration_through_transaction_pooling_is_refused(bouncer
     assert result.returncode == 2 and "002_idx.sql is a no-transaction migration" in result.stderr
     # declared as transaction pooling, even a direct connection refuses
     with pytest.raises(migrate.PoolerError, match="pool mode 'transaction' was declared"):
-        migrate.apply(conn, Target(migrations, pool_mode="transaction"))
+        migrate.apply(conn, Settings(migrations, pool_mode="transaction"))
 
 
 def test_session_pooling_runs_no_transaction_migrations_when_declared(pg_server, database, conn, tmp_path):
@@ -99,8 +99,8 @@ def test_session_pooling_runs_no_transaction_migrations_when_declared(pg_server,
             "002_idx.sql": "-- pgdbm:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS a_id ON a (id);\n"})
         with migrate.connect(through(session_pool, database)) as pooled:
             with pytest.raises(migrate.PoolerError, match="pool mode 'session'"):  # auto: refused, remedy says how
-                migrate.apply(pooled, Target(migrations))
-            assert migrate.apply(pooled, Target(migrations, pool_mode="session")).applied == ["001_a.sql",
+                migrate.apply(pooled, Settings(migrations))
+            assert migrate.apply(pooled, Settings(migrations, pool_mode="session")).applied == ["001_a.sql",
                                                                                                 "002_idx.sql"]
         assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'a_id'::regclass").fetchone() == (True,)
     finally:

@@ -2,7 +2,7 @@
 import pytest
 from pgdbm.core import AsyncDatabaseManager, DatabaseConfig
 
-from components.migrate import InvalidIdentifierError, TemplateError, render
+from llmemory_db.migrate import InvalidIdentifierError, TemplateError, render
 
 TEMPLATES = [
     "CREATE TABLE {{tables.documents}} (id int);",

@@ -1,3 +1,3 @@
-from .cli import main
+from llmemory_db.migrate.cli import main
 
 raise SystemExit(main())

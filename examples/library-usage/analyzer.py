@@ -4,8 +4,8 @@ from typing import Optional, Sequence
 
 import pulumi
 
-import components
-from components import MigratedSchema, MigratedSchemaArgs, Migrations, MigrationsArgs
+import llmemory_db
+from llmemory_db import MigratedSchema, MigratedSchemaArgs, Migrations, MigrationsArgs
 
 
 @dataclass
@@ -20,7 +20,7 @@ class DocumentAnalyzer(pulumi.ComponentResource):
     def __init__(self, name: str, args: DocumentAnalyzerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("analyzer:index:DocumentAnalyzer", name, None, opts)
         self.memory = MigratedSchema(f"{name}-memory", MigratedSchemaArgs(
-            schema=args.schema, migrations_dir=components.LLMEMORY_MIGRATIONS, runtime_roles=args.runtime_roles),
+            schema=args.schema, migrations_dir=llmemory_db.LLMEMORY_MIGRATIONS, runtime_roles=args.runtime_roles),
             opts=pulumi.ResourceOptions(parent=self))
         # the analyzer's own migrations, after llmemory's (they reference its documents table)
         own = Migrations(f"{name}-own", MigrationsArgs(migrations_dir="migrations", schema=args.schema,

@@ -112,27 +112,57 @@ def _touches_history(kind: str, stmt: dict, history: Tuple[str, str]) -> bool:
     return any(name == history[1] and schema in (None, history[0]) for schema, name in _targets(kind, stmt))
 
 
-def lint(filename: str, sql: str, *, schema_mode: bool,
-         history: Optional[Tuple[str, str]] = None) -> List[LintIssue]:
-    """Parse ``sql`` (already rendered) and return the problems found.
+def _search_path_change(kind: str, stmt: dict) -> Optional[List[str]]:
+    """The schemas a statement puts on search_path (``[]`` for RESET or an unknown value), or None when it does
+    not touch search_path."""
+    if kind == "VariableSetStmt" and stmt.get("name") == "search_path":
+        return [arg.get("A_Const", {}).get("sval", {}).get("sval", "") for arg in stmt.get("args") or ()]
+    if kind == "SelectStmt" and '"set_config"' in json.dumps(stmt) and '"search_path"' in json.dumps(stmt):
+        return []
+    return None
 
-    ``history`` (schema, table): statements that change the history table are errors.
+
+def syntax(filename: str, sql: str) -> List[LintIssue]:
+    """The syntax error of ``sql``, if any (as a one-item list)."""
+    try:
+        parse(sql)
+    except pg_parser.ParseError as exc:
+        return [_syntax_issue(filename, sql, exc)]
+    return []
+
+
+def _syntax_issue(filename: str, sql: str, exc: Exception) -> LintIssue:
+    message = exc.args[0] if exc.args else str(exc)
+    index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+    line, column = _position(sql, min(index, len(sql)))
+    source_line = sql.splitlines()[line - 1] if sql.splitlines() else ""
+    return LintIssue(filename, line, column, f"syntax error: {message}", source_line.strip())
+
+
+def lint(filename: str, sql: str, *, schema: Optional[str] = None,
+         history: Optional[Tuple[str, str]] = None) -> List[LintIssue]:
+    """Parse ``sql`` (already rendered for ``schema``) and return the problems found.
+
+    ``history`` (schema, table): statements that change the history table are errors. In schema mode an
+    unqualified CREATE is fine while the target schema is first on search_path, as the engine sets it for
+    every migration; after the file changes search_path it would land elsewhere: a warning.
     """
     try:
         statements = parse(sql)
     except pg_parser.ParseError as exc:
-        message = exc.args[0] if exc.args else str(exc)
-        index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
-        line, column = _position(sql, min(index, len(sql)))
-        source_line = sql.splitlines()[line - 1] if sql.splitlines() else ""
-        return [LintIssue(filename, line, column, f"syntax error: {message}", source_line.strip())]
+        return [_syntax_issue(filename, sql, exc)]
     issues = []
     position = _Positions(sql)
+    path_changed: Optional[Tuple[int, str]] = None  # (line, first schema) of a search_path change
     for kind, stmt, start, length in statements:
         text = sql[start:start + length]
         # a statement's location points right after the previous one: skip leading blanks/comments
         offset = start + (len(text) - len(text.lstrip()))
         line, column = position(offset)
+        changed = _search_path_change(kind, stmt)
+        if changed is not None:
+            first = changed[0] if changed else ""
+            path_changed = None if first == schema else (line, first or "the session's default schema")
         if kind == "TransactionStmt":
             issues.append(LintIssue(
                 filename, line, column,
@@ -146,11 +176,12 @@ def lint(filename: str, sql: str, *, schema_mode: bool,
                 f"the file changes the migration history table {history[0]}.{history[1]}; only the engine "
                 "writes it - remove the statement (to forget a module in development, see the README)",
                 excerpt(text)))
-        elif schema_mode:
+        elif schema and path_changed:
             what = _unqualified_create(kind, stmt)
             if what:
                 issues.append(LintIssue(
                     filename, line, column,
-                    f"{what} is not schema-qualified and would be created by search_path, not in the target "
-                    "schema; write {{tables.name}}", excerpt(text), severity="warning"))
+                    f"{what} is not schema-qualified and search_path was changed at line {path_changed[0]}: it "
+                    f"would be created in {path_changed[1]}, not in the target schema {schema}; write "
+                    "{{tables.name}} (or {{schema}}.name)", excerpt(text), severity="warning"))
     return issues

@@ -202,8 +202,8 @@ class InterruptedMigrationError(MigrationError):
             f"Interrupted migration(s) of module {module!r}; nothing more was applied:\n{body}",
             file=first,
             remedy=("look at what the completed statements did, then either finish the rest by hand and record "
-                    f"the file as applied: python -m components.migrate resolve {first} --mark-applied, or undo "
-                    f"it and have the next run re-run the whole file: python -m components.migrate resolve {first} "
+                    f"the file as applied: python -m llmemory_db.migrate resolve {first} --mark-applied, or undo "
+                    f"it and have the next run re-run the whole file: python -m llmemory_db.migrate resolve {first} "
                     "--retry (same --dsn/--schema/--module as the run). Write no-transaction files so they can "
                     "re-run: CREATE INDEX CONCURRENTLY IF NOT EXISTS, after dropping an INVALID index an "
                     "interrupted CONCURRENTLY left behind"))

@@ -10,6 +10,7 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from . import migrate
+from .migrate.settings import Settings
 from .migrate.objects import managed_objects
 from .provider import ExtensionCheckProvider, MigrationsProvider
 
@@ -48,21 +49,38 @@ def project_relative(path: str) -> str:
     return absolute if relative.startswith("..") else relative
 
 
+_DEFAULT = Settings()
+
+
 @dataclass
 class MigrationsArgs:
-    migrations_dir: str = "migrations"
-    schema: Optional[str] = None
-    module_name: str = migrate.DEFAULT_MODULE
-    history_table: str = migrate.DEFAULT_HISTORY_TABLE
+    """Arguments of :class:`Migrations`; names, defaults and meaning are :class:`~llmemory_db.migrate.Settings`'s
+    (``connection``: :class:`ConnectionArgs`, gaps filled from the stack's ``postgresql:`` config)."""
+
+    migrations_dir: str = str(_DEFAULT.migrations_dir)
+    schema: Optional[str] = _DEFAULT.schema
+    module_name: str = _DEFAULT.module_name
+    history_table: str = _DEFAULT.history_table
     connection: Optional[ConnectionArgs] = None
-    lock_wait_timeout: float = 60.0
-    lock_timeout: Optional[float] = None
-    statement_timeout: Optional[float] = None
-    strict: bool = False
-    pool_mode: str = "auto"                 # auto (detect a pooler), session or transaction
-    drop_on_destroy: bool = False
-    extensions: Sequence[str] = ()          # watched for drift (missing, other version); not created here
-    accept_schema_drift: bool = False       # record the live schema as it is instead of stopping on drift
+    lock_wait_timeout: float = _DEFAULT.lock_wait_timeout
+    lock_timeout: Optional[float] = _DEFAULT.lock_timeout
+    statement_timeout: Optional[float] = _DEFAULT.statement_timeout
+    strict: bool = _DEFAULT.strict
+    pool_mode: str = _DEFAULT.pool_mode
+    drop_on_destroy: bool = _DEFAULT.drop_on_destroy
+    extensions: Sequence[str] = _DEFAULT.extensions  # watched for drift (missing, other version); not created here
+    accept_schema_drift: bool = _DEFAULT.accept_schema_drift
+
+    def settings(self) -> Settings:
+        return Settings.from_object(self)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **extra: Any):
+        """Arguments carrying ``settings`` (e.g. read with ``Settings.from_config``), plus ``extra`` arguments."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {name: getattr(settings, name) for name in Settings.names() if name in names}
+        values["migrations_dir"] = str(settings.migrations_dir)
+        return cls(**{**values, **extra})
 
 
 class Migrations(Resource):
@@ -84,20 +102,15 @@ class Migrations(Resource):
 
     def __init__(self, name: str, args: MigrationsArgs, opts: Optional[pulumi.ResourceOptions] = None,
                  validated: Optional[tuple] = None) -> None:
-        # (target, files, rendered SQL) when the caller validated already
-        target, files, rendered = validated or validate(args)
-        managed = managed_objects(rendered.values(), target.schema)
+        # (settings, files, rendered SQL) when the caller validated already
+        settings, files, rendered = validated or validate(args)
+        managed = managed_objects(rendered.values(), settings.schema)
         conn = ConnectionArgs.from_config(args.connection)
-        props: Dict[str, Any] = dict(
-            migrations_dir=project_relative(str(args.migrations_dir)),
-            schema=args.schema or "", module_name=target.module, history_table=target.history_display,
+        props: Dict[str, Any] = settings.replace(migrations_dir=project_relative(str(settings.migrations_dir))).to_props()
+        props.update(
             checksums={m.filename: m.checksum for m in files},
             host=conn.host, port=conn.port, username=conn.username, password=conn.password,
-            database=conn.database, sslmode=conn.sslmode,
-            lock_wait_timeout=target.lock_wait_timeout, lock_timeout=target.lock_timeout or 0,
-            statement_timeout=target.statement_timeout or 0, strict=target.strict, pool_mode=target.pool_mode,
-            drop_on_destroy=bool(args.drop_on_destroy), managed=dataclasses.asdict(managed),
-            extensions=list(args.extensions), accept_schema_drift=bool(args.accept_schema_drift),
+            database=conn.database, sslmode=conn.sslmode, managed=dataclasses.asdict(managed),
             schema_name=None, applied=None, pending=None, missing=None, objects=None, fingerprint=None,
             drift=None)
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
@@ -120,18 +133,15 @@ class ExtensionCheck(Resource):
 
 
 def validate(args: MigrationsArgs):
-    """Load, render and lint every file for the target; raise ``pulumi.RunError`` with the engine's message.
+    """Load, render and parse every file for the settings; raise ``pulumi.RunError`` with the engine's message.
 
-    Returns (target, files, rendered SQL by filename)."""
+    The program cannot know which files are applied: the lint rules (and strict mode) run for the pending files
+    only, in the provider's check, where the previous state is known. Returns (settings, files, rendered SQL by
+    filename)."""
     try:
-        target = migrate.Target(args.migrations_dir, schema=args.schema, module=args.module_name,
-                                history_table=args.history_table, lock_wait_timeout=args.lock_wait_timeout,
-                                lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
-                                strict=args.strict, pool_mode=args.pool_mode)
-        files = migrate.load(target.migrations_dir)
-        rendered, warnings = migrate.lint_pending(files, target)
+        settings = args.settings()
+        files = migrate.load(settings.migrations_dir)
+        rendered = migrate.render_parsed(files, settings)
     except migrate.MigrationError as exc:
         raise pulumi.RunError(str(exc)) from None
-    for warning in warnings:
-        pulumi.log.warn(str(warning))
-    return target, files, rendered
+    return settings, files, rendered

@@ -61,9 +61,9 @@ class MigratedSchema(pulumi.ComponentResource):
         _check_args(args)
         migration_args = MigrationsArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MigrationsArgs)})
         validated = validate(migration_args)
-        target = validated[0]
+        settings = validated[0]
         conn = ConnectionArgs.from_config(args.connection)
-        _claim_history(name, conn, target)
+        _claim_history(name, conn, settings)
 
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         keep = pulumi.ResourceOptions(retain_on_delete=not args.drop_on_destroy)
@@ -105,7 +105,7 @@ class MigratedSchema(pulumi.ComponentResource):
 
         migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(),
                                       validated=validated))
-        history_schema, history_name = target.history_parts
+        history_schema, history_name = settings.history_parts
         managed = migrations.managed_objects
 
         explicit = not args.schema or history_schema == schema_name
@@ -128,8 +128,8 @@ class MigratedSchema(pulumi.ComponentResource):
                                    opts=chained()))
 
         self.schema_name = pulumi.Output.from_input(schema_name)
-        self.module_name = pulumi.Output.from_input(target.module)
-        self.history_table = pulumi.Output.from_input(target.history_display)
+        self.module_name = pulumi.Output.from_input(settings.module_name)
+        self.history_table = pulumi.Output.from_input(settings.history_display)
         self.applied = migrations.applied
         self.checksums = migrations.checksums
         self.pending = migrations.pending
@@ -153,14 +153,14 @@ def _check_args(args: MigratedSchemaArgs) -> None:
         raise pulumi.RunError(str(exc)) from None
 
 
-def _claim_history(name: str, conn: ConnectionArgs, target: migrate.Target) -> None:
-    key = (str(conn.database), str(conn.host), str(conn.port), target.history_display, target.module)
-    schema = target.schema or "public"
+def _claim_history(name: str, conn: ConnectionArgs, settings: migrate.Settings) -> None:
+    key = (str(conn.database), str(conn.host), str(conn.port), settings.history_display, settings.module_name)
+    schema = settings.schema_name
     other = _HISTORIES.get(key)
     if other and other[1] != schema:
         raise pulumi.RunError(
             f"MigratedSchema {name!r} (schema {schema}) and {other[0]!r} (schema {other[1]}) would share the "
-            f"history of module {target.module!r} in {target.history_display}: their histories would collide.\n"
+            f"history of module {settings.module_name!r} in {settings.history_display}: their histories would collide.\n"
             "Remedy: give each component its own module_name, or its own history_table "
             f"(e.g. {schema}.schema_migrations)")
     _HISTORIES[key] = (name, schema)

@@ -1,0 +1,146 @@
+"""Command line over the engine: ``python -m llmemory_db.migrate COMMAND --help`` for each command's options.
+
+Exit codes: 0 success; 1 a finding (a modified or interrupted file for plan/status, drift for drift); 2 an error,
+with one message on stderr (``--json``: also on stdout).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Dict, List, Optional
+
+from . import drift, executor
+from .connection import connect
+from .errors import InterruptedMigrationError, MigrationError
+from .files import load
+from .history import HistoryStore
+from .settings import Settings
+
+PROG = "python -m llmemory_db.migrate"
+# the settings each command takes (see Settings for their help and defaults)
+WHERE = ("migrations_dir", "schema", "module_name", "history_table")
+COMMANDS: Dict[str, tuple] = {
+    "lint": ("check the files: render and parse every file (no database)", WHERE + ("strict",)),
+    "plan": ("compare the files with the history: what would apply", WHERE + ("strict",)),
+    "status": ("applied, pending, missing and interrupted files", WHERE),
+    "apply": ("apply the pending files, each with its history row in one transaction",
+              WHERE + ("lock_wait_timeout", "lock_timeout", "statement_timeout", "strict", "pool_mode")),
+    "resolve": ("settle an interrupted no-transaction file: FILE --retry or --mark-applied",
+                WHERE + ("lock_wait_timeout",)),
+    "drift": ("compare the live schema with what the applied files produce (built in a scratch schema and "
+              "rolled back); exit 1 on differences", WHERE + ("extensions",)),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Apply pgdbm-compatible templated SQL migrations ({{tables.x}} -> schema.x).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, settings) in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        if name == "lint":
+            sub.add_argument("--dsn", default=None, help="optional: a database to read live table sizes from "
+                                                         "(lint never needs one)")
+        else:
+            sub.add_argument("--dsn", default=os.environ.get("DATABASE_URL", ""),
+                             help="connection string (default $DATABASE_URL, else libpq's PG* variables)")
+        if name == "resolve":
+            sub.add_argument("file", help="the interrupted migration file, e.g. 002_index.sql")
+            action = sub.add_mutually_exclusive_group(required=True)
+            action.add_argument("--retry", dest="action", action="store_const", const="retry",
+                                help="forget the interruption; the next apply re-runs the whole file")
+            action.add_argument("--mark-applied", dest="action", action="store_const", const="mark-applied",
+                                help="the rest was finished by hand; record the file as applied")
+        Settings.add_arguments(sub, settings)
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_cli(args)
+        if args.command == "lint":
+            return _lint(args, settings)
+        with connect(args.dsn) as conn:
+            return RUN[args.command](args, settings, conn)
+    except MigrationError as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__}, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _lint(args, settings: Settings) -> int:
+    files = load(settings.migrations_dir)
+    _, warnings = executor.lint_pending(files, settings)
+    result = {"files": [m.filename for m in files], "checksums": {m.filename: m.checksum for m in files},
+              "warnings": [str(w) for w in warnings]}
+    _emit(args, result, f"{len(files)} file(s) OK" + _warnings_text(warnings))
+    return 0
+
+
+def _plan_or_status(args, settings: Settings, conn) -> int:
+    current = executor.status(conn, settings)
+    if args.command == "plan":
+        _, current.warnings = executor.lint_pending(current.plan.pending, settings)
+    result = current.as_dict()
+    error = current.plan.mismatch_error() or (
+        InterruptedMigrationError(current.interrupted, settings.module_name) if current.interrupted else None)
+    text = (f"applied: {len(current.plan.applied)}, pending: {len(current.plan.pending)}"
+            + "".join(f"\n  pending {m.filename}" for m in current.plan.pending)
+            + "".join(f"\n  recorded but missing on disk: {name}" for name in current.plan.missing)
+            + "".join(f"\n  running now: {i.filename} (pid {i.pid})"
+                      for i in current.inflight if i not in current.interrupted)
+            + _warnings_text(current.warnings))
+    if error:
+        result["error"] = str(error)
+        _emit(args, result, text)
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    _emit(args, result, text)
+    return 0
+
+
+def _apply(args, settings: Settings, conn) -> int:
+    progress = None if args.json else (lambda name: print(f"applied {name}", file=sys.stderr))
+    result = executor.apply(conn, settings, on_progress=progress)
+    _emit(args, result.as_dict(),
+          f"{len(result.applied)} migration(s) applied, {len(result.skipped)} already applied "
+          f"in {result.duration_ms:.0f} ms" + _warnings_text(result.warnings))
+    return 0
+
+
+def _resolve(args, settings: Settings, conn) -> int:
+    message = HistoryStore(conn, settings).resolve(args.file, args.action)
+    _emit(args, {"resolved": args.file, "action": args.action}, message)
+    return 0
+
+
+def _drift(args, settings: Settings, conn) -> int:
+    current = executor.status(conn, settings)
+    current.plan.raise_for_mismatch()
+    applied = current.plan.applied
+    differences = drift.diff_against_files(conn, settings, applied)
+    result = {"applied": [m.filename for m in applied], "pending": [m.filename for m in current.plan.pending],
+              "differences": differences}
+    where = f"{settings.schema_name} (module {settings.module_name}, {len(applied)} applied file(s))"
+    if differences:
+        _emit(args, result, f"schema drift in {where}:\n  " + "\n  ".join(differences))
+        return 1
+    _emit(args, result, f"no drift in {where}: the live schema is what the applied files produce")
+    return 0
+
+
+RUN: Dict[str, Callable[..., int]] = {"plan": _plan_or_status, "status": _plan_or_status, "apply": _apply,
+                                      "resolve": _resolve, "drift": _drift}
+
+
+def _warnings_text(warnings) -> str:
+    return "".join(f"\n{w}" for w in warnings)
+
+
+def _emit(args, result: dict, text: str) -> None:
+    print(json.dumps(result, indent=2) if args.json else text)

@@ -1,0 +1,267 @@
+"""Schema drift: a fingerprint of the objects a module's migrations manage, read from the catalog in one query.
+
+``inspect`` returns ``{"<kind> <schema>.<name>": "<definition hash>"}``; ``compare`` turns two such maps
+into readable lines (``index llmemory.idx_x: missing``, ``column llmemory.documents.extra: added``).
+Managed objects: in schema mode everything in the schema (but the history table and extension members);
+in standalone mode only the tables, sequences, views and functions the migrations create, so other
+applications' objects in ``public`` are never drift.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import psycopg
+from psycopg import sql
+
+from .errors import InterruptedMigrationError, MigrationError
+from .files import Migration
+from .history import rollback
+from .lint import parse
+from .objects import ManagedObjects, managed_objects
+from .render import render
+from .settings import Settings
+
+DRIFT_REMEDY = (
+    "undo the manual change, or write a migration that makes it (and apply it with pulumi up), or accept the "
+    "current schema as it is: set accept_schema_drift (config llmemory-db:acceptSchemaDrift true) for one "
+    "`pulumi up`, which records the new fingerprint, then unset it")
+
+_QUERY = """
+WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = %(schema)s),
+rels AS (
+  SELECT c.oid, c.relname, c.relkind FROM pg_class c JOIN ns ON c.relnamespace = ns.oid
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+    AND (%(all)s OR c.relname = ANY(%(names)s))
+    AND NOT (c.relname = ANY(%(exclude)s))
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype = 'e')
+    AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
+                    WHERE d.objid = c.oid AND d.deptype IN ('a', 'i') AND t.relname = ANY(%(exclude)s)))
+)
+SELECT 'table', relname, relkind::text FROM rels WHERE relkind IN ('r', 'p', 'f')
+UNION ALL
+SELECT 'column', r.relname || '.' || a.attname,
+       format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '') || ' ' || a.attgenerated::text
+       || ' ' || a.attidentity::text
+  FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+  WHERE r.relkind IN ('r', 'p', 'f')
+UNION ALL
+SELECT 'constraint', r.relname || '.' || con.conname, pg_get_constraintdef(con.oid)
+  FROM rels r JOIN pg_constraint con ON con.conrelid = r.oid
+UNION ALL
+SELECT 'index', i.relname, pg_get_indexdef(i.oid)
+  FROM rels r JOIN pg_index x ON x.indrelid = r.oid JOIN pg_class i ON i.oid = x.indexrelid
+UNION ALL
+SELECT 'view', relname, pg_get_viewdef(oid) FROM rels WHERE relkind IN ('v', 'm')
+UNION ALL
+SELECT 'sequence', r.relname, format_type(s.seqtypid, NULL) || ' ' || s.seqincrement || ' ' || s.seqmin
+       || ' ' || s.seqmax || ' ' || s.seqcycle
+  FROM rels r JOIN pg_sequence s ON s.seqrelid = r.oid
+UNION ALL
+SELECT 'trigger', r.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
+  FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+       p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', pg_get_functiondef(p.oid)
+  FROM pg_proc p JOIN ns ON p.pronamespace = ns.oid
+  WHERE p.prokind IN ('f', 'p') AND (%(all)s OR p.proname = ANY(%(functions)s))
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                    AND d.deptype = 'e')
+UNION ALL
+SELECT 'extension', e.extname, e.extversion FROM pg_extension e WHERE e.extname = ANY(%(extensions)s)
+"""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def inspect(conn: psycopg.Connection, schema: Optional[str], managed: ManagedObjects,
+            extensions: Sequence[str] = (), exclude: Sequence[str] = (), *, everything: Optional[bool] = None,
+            rename: Optional[Tuple[str, Optional[str]]] = None) -> Dict[str, str]:
+    """Live fingerprint of the managed objects (one query). ``everything``: every object of the schema (default:
+    in schema mode); ``rename`` (scratch, target): report a scratch schema's objects under the target's name."""
+    namespace = schema or "public"
+    rows = conn.execute(_QUERY, {
+        "schema": namespace, "all": bool(schema) if everything is None else everything,
+        "names": list(managed.tables) + list(managed.sequences) + list(managed.views),
+        "functions": list(managed.functions), "exclude": list(exclude), "extensions": list(extensions),
+    }).fetchall()
+    found = {}
+    shown = namespace
+    if rename:  # (scratch, target schema or None for standalone, whose objects show unqualified)
+        scratch, target = rename
+        shown = target or "public"
+        replacements = ([(scratch, conn.execute("SELECT quote_ident(%s)", (target,)).fetchone()[0])] if target
+                        else [(f'"{scratch}".', ""), (f"{scratch}.", ""), (scratch, "public")])
+    for kind, name, definition in rows:
+        definition = definition or ""
+        if rename:
+            for old, new in replacements:
+                definition = definition.replace(old, new)
+        key = f"{kind} {name}" if kind == "extension" else f"{kind} {shown}.{name}"
+        found[key] = _digest(definition)
+    return dict(sorted(found.items()))
+
+
+def engine_tables(settings: Settings) -> List[str]:
+    """The history table and its in-flight companion, when they live in the target schema: the engine's, not
+    the migrations' objects."""
+    history_schema, history_name = settings.history_parts
+    return [history_name, settings.inflight_parts[1]] if history_schema == settings.schema_name else []
+
+
+def inspect_target(conn: psycopg.Connection, settings: Settings, managed: ManagedObjects) -> Dict[str, str]:
+    """Live fingerprint of what the migrations of ``settings`` manage (the engine's own tables left out)."""
+    return inspect(conn, settings.schema, managed, settings.extensions, engine_tables(settings))
+
+
+def compare(recorded: Dict[str, str], live: Dict[str, str]) -> List[str]:
+    """Readable differences between the recorded fingerprint and the live one."""
+    lines = []
+    for key in sorted(set(recorded) | set(live)):
+        if key not in live:
+            lines.append(f"{key}: missing")
+        elif key not in recorded:
+            lines.append(f"{key}: added")
+        elif recorded[key] != live[key]:
+            lines.append(f"{key}: changed")
+    return lines
+
+
+def created_by(rendered: Iterable[str], schema: Optional[str]) -> Set[str]:
+    """Names of the relations, functions and indexes that ``rendered`` SQL creates in the target schema."""
+    texts = list(rendered)
+    objects = managed_objects(texts, schema)
+    names = set(objects.tables) | set(objects.sequences) | set(objects.views) | set(objects.functions)
+    for text in texts:
+        for kind, stmt, _, _ in parse(text):
+            if kind == "IndexStmt" and stmt.get("idxname"):
+                names.add(stmt["idxname"])
+    return names
+
+
+def without_expected(differences: Sequence[str], created: Set[str]) -> List[str]:
+    """Drop "added" objects that files applied since the fingerprint (or pending ones) create: their early
+    appearance is another applier's work (pgdbm at start-up) or an interrupted run, not a manual change."""
+    kept = []
+    for line in differences:
+        key, _, what = line.rpartition(": ")
+        kind, _, qualified = key.partition(" ")
+        name = qualified.split(".", 1)[-1]  # without the schema
+        owner = name.split(".", 1)[0].split("(", 1)[0]  # a column's or constraint's table; a function's name
+        if what == "added" and kind != "extension" and owner in created:
+            continue
+        kept.append(line)
+    return kept
+
+
+def fingerprint(objects: Dict[str, str]) -> str:
+    return _digest("\n".join(f"{k}={v}" for k, v in sorted(objects.items())))
+
+
+# --------------------------------------------------------------------------- the drift check of an update
+
+class SchemaDriftError(MigrationError):
+    """Objects the migrations manage were changed outside the migrations; nothing was applied."""
+
+    def __init__(self, settings: Settings, differences: Sequence[str]) -> None:
+        self.differences = list(differences)
+        super().__init__(
+            f"Schema drift in {settings.schema_name} (module {settings.module_name}): objects the migrations manage "
+            "were changed outside Pulumi; nothing was applied:\n  " + "\n  ".join(self.differences),
+            remedy=DRIFT_REMEDY)
+
+
+@dataclass
+class DriftReport:
+    differences: List[str] = field(default_factory=list)   # manual changes, in plain words
+    applied_since: List[str] = field(default_factory=list)  # files another applier applied since the fingerprint
+    accepted: bool = False                                   # differences found and accepted (accept_schema_drift)
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+
+def check_drift(conn: psycopg.Connection, settings: Settings, managed: ManagedObjects, recorded: Dict[str, str],
+                covered: Sequence[str]) -> DriftReport:
+    """Compare the live schema with the fingerprint ``recorded`` after the files ``covered`` were applied.
+
+    Not drift: files applied since by another applier (pgdbm at start-up) move the schema on with the history
+    (the fingerprint is taken again after the update); objects that pending files create and that exist already
+    are an interrupted run's (reported as that). Raises InterruptedMigrationError for an interrupted
+    no-transaction file, and SchemaDriftError on drift unless ``settings.accept_schema_drift``."""
+    from .executor import render_all, status  # the executor does not need drift: imported here, not at the top
+
+    current = status(conn, settings)
+    if current.interrupted:
+        raise InterruptedMigrationError(current.interrupted, settings.module_name)
+    covered_set = set(covered)
+    since = [m.filename for m in current.plan.applied if m.filename not in covered_set]
+    if since:
+        return DriftReport(applied_since=since)
+    differences = compare(recorded, inspect_target(conn, settings, managed))
+    if differences and current.plan.pending:
+        pending = render_all(current.plan.pending, settings).values()
+        differences = without_expected(differences, created_by(pending, settings.schema))
+    if differences and not settings.accept_schema_drift:
+        raise SchemaDriftError(settings, differences)
+    return DriftReport(differences=differences, accepted=bool(differences))
+
+
+# --------------------------------------------------------------------------- the files' schema, proven on a scratch
+
+SCRATCH_PREFIX = "llmdb_scratch_"
+SCRATCH_LOCK_TIMEOUT = "2s"        # the scratch apply never waits long for a lock (it needs none on live tables)
+SCRATCH_STATEMENT_TIMEOUT = "60s"
+
+
+def expected_objects(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> Dict[str, str]:
+    """The fingerprint that ``files`` produce, named as in the target schema: the files are rendered for a
+    scratch schema and applied inside a transaction on the same server, inspected, and rolled back (nothing is
+    left behind; short lock and statement timeouts; the migration role's rights only)."""
+    scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
+    rendered = [render(m.sql, scratch, m.filename) for m in files]
+    standalone = [render(m.sql, settings.schema, m.filename) for m in files]
+    managed = managed_objects(standalone, settings.schema)
+    conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; "
+                         "CREATE SCHEMA {}; SET LOCAL search_path TO {}, public").format(
+        sql.Literal(SCRATCH_LOCK_TIMEOUT), sql.Literal(SCRATCH_STATEMENT_TIMEOUT), sql.Identifier(scratch),
+        sql.Identifier(scratch)))
+    try:
+        for migration, text in zip(files, rendered):
+            try:
+                conn.execute(text)
+            except psycopg.Error as exc:
+                raise MigrationError(
+                    f"Could not build the schema of {migration.filename} in a scratch schema to compare with: "
+                    f"{exc.diag.message_primary or exc} (SQLSTATE {exc.diag.sqlstate})", file=migration.filename,
+                    remedy="the migration role needs CREATE on the database for a scratch schema (rolled back "
+                           "afterwards); a file that names its schema without {{tables.x}}/{{schema}} cannot be "
+                           "rebuilt elsewhere") from None
+        conn.execute("SET LOCAL search_path TO public")
+        return inspect(conn, scratch, managed, settings.extensions, everything=bool(settings.schema),
+                       rename=(scratch, settings.schema))
+    finally:
+        rollback(conn)
+
+
+def live_objects(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> Dict[str, str]:
+    """The live fingerprint of the objects ``files`` manage, read the way :func:`expected_objects` reads."""
+    managed = managed_objects([render(m.sql, settings.schema, m.filename) for m in files], settings.schema)
+    conn.execute("BEGIN; SET LOCAL search_path TO public")
+    try:
+        return inspect(conn, settings.schema, managed, settings.extensions, engine_tables(settings))
+    finally:
+        rollback(conn)
+
+
+def diff_against_files(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> List[str]:
+    """How the live schema differs from what ``files`` produce, in the drift check's words."""
+    return compare(expected_objects(conn, settings, files), live_objects(conn, settings, files))

@@ -1,0 +1,345 @@
+"""The history store: pgdbm's history table, the in-flight records of no-transaction files, pgdbm's lock.
+
+Same table layout, same checksum, same advisory lock key (``hashtext('pgdbm_migration_' || module)``) as pgdbm,
+taken per transaction, so pgdbm instances queue behind this engine and the other way round, also through a
+transaction-pooling pooler.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import psycopg
+from psycopg import sql
+
+from .errors import Inflight, InterruptedMigrationError, LockTimeoutError, MigrationError
+from .files import Migration, load
+from .plan import plan
+from .render import check_identifier
+from .settings import Settings
+
+# Markers raised by the head of a migration, as failed casts (cheaper than a PL/pgSQL block; never folded at
+# plan time because the text is not a constant): "already recorded" and "the migration lock is busy".
+APPLIED_MARK = "llmdb:already-applied"
+BUSY_MARK = "llmdb:lock-busy"
+
+
+def rollback(conn: psycopg.Connection) -> None:
+    """End an open transaction, if any, ignoring errors (the connection may be failing already)."""
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass
+
+
+def marked(exc: psycopg.Error, mark: str) -> bool:
+    """Is ``exc`` the failed cast of one of our markers? (SQLSTATE 22P02 and the marker, which is data.)"""
+    return exc.diag.sqlstate == "22P02" and mark in (exc.diag.message_primary or "")
+
+
+def ms(seconds: float) -> str:
+    return f"{int(seconds * 1000)}ms"
+
+
+class HistoryStore:
+    """One module's rows in the history table, its in-flight records and its advisory lock."""
+
+    def __init__(self, conn: psycopg.Connection, settings: Settings) -> None:
+        self.conn, self.settings = conn, settings
+
+    # ------------------------------------------------------------------ the tables
+    def tables_exist(self) -> Tuple[bool, bool]:
+        """(history table exists, in-flight table exists), in one query."""
+        s = self.settings
+        row = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+                                (s.history_ident.as_string(self.conn),
+                                 s.inflight_ident.as_string(self.conn))).fetchone()
+        return bool(row[0]), bool(row[1])
+
+    def exists(self) -> bool:
+        return self.tables_exist()[0]
+
+    def schema_exists(self, schema: str) -> bool:
+        return bool(self.conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                                      (schema,)).fetchone()[0])
+
+    def create(self) -> None:
+        """Create the history table (pgdbm's columns plus ``version``).
+
+        Serialised by a lock on the table's name (several modules can share one history table); a concurrent
+        creator that takes no lock (pgdbm creates its table before locking) makes CREATE ... IF NOT EXISTS fail
+        with a duplicate in the catalog, which means the table is there: fine.
+        """
+        conn, s = self.conn, self.settings
+        schema, table = s.history_parts
+        conn.execute(sql.SQL("BEGIN; SELECT pg_advisory_xact_lock(hashtext({}))").format(
+            sql.Literal(f"llmemory_db_history_{schema}.{table}")))
+        try:
+            if not self.schema_exists(schema):
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " id SERIAL PRIMARY KEY,"
+                " filename VARCHAR(255) NOT NULL,"
+                " checksum VARCHAR(64) NOT NULL,"
+                " module_name VARCHAR(100),"
+                " applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,"
+                " applied_by VARCHAR(100) DEFAULT CURRENT_USER,"
+                " execution_time_ms INTEGER,"
+                " version VARCHAR(255),"
+                " UNIQUE(filename, module_name))").format(s.history_ident))
+            conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (module_name, filename)").format(
+                sql.Identifier(f"idx_{table}_module"), s.history_ident))
+            conn.execute("COMMIT")
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
+            rollback(conn)
+            if not self.exists():
+                raise
+        except BaseException:
+            rollback(conn)
+            raise
+
+    def has_version_column(self) -> bool:
+        schema, table = self.settings.history_parts
+        row = self.conn.execute(
+            "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'version' AND NOT a.attisdropped",
+            (schema, table)).fetchone()
+        return bool(row[0])
+
+    # ------------------------------------------------------------------ rows
+    def read(self) -> Dict[str, str]:
+        """filename -> checksum for this module (and rows without a module, as pgdbm reads them)."""
+        rows = self.conn.execute(
+            sql.SQL("SELECT filename, checksum FROM {} WHERE module_name = %s OR module_name IS NULL "
+                    "ORDER BY filename").format(self.settings.history_ident), (self.settings.module_name,)).fetchall()
+        return {filename: checksum for filename, checksum in rows}
+
+    def already_applied(self, migration: Migration) -> bool:
+        """Re-plan of one file: recorded (by anyone) with the same checksum? A different one is an error."""
+        s = self.settings
+        row = self.conn.execute(sql.SQL(
+            "SELECT checksum FROM {} WHERE filename = %s AND (module_name = %s OR module_name IS NULL)"
+        ).format(s.history_ident), (migration.filename, s.module_name)).fetchone()
+        if row is not None and row[0] != migration.checksum:
+            plan([migration], {migration.filename: row[0]}, module=s.module_name,
+                 history_table=s.history_display).raise_for_mismatch()
+        return row is not None
+
+    def insert_sql(self, migration: Migration, with_version: bool,
+                   elapsed: Union[int, sql.Composable] = 1) -> sql.Composed:
+        s = self.settings
+        columns = ["filename", "checksum", "module_name", "execution_time_ms"]
+        values = [sql.Literal(migration.filename), sql.Literal(migration.checksum), sql.Literal(s.module_name),
+                  elapsed if isinstance(elapsed, sql.Composable) else sql.Literal(max(1, elapsed))]
+        if with_version:
+            columns.append("version")
+            values.append(sql.Literal(migration.version))
+        return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            s.history_ident, sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", ").join(values))
+
+    def check_sql(self, migration: Migration) -> sql.Composed:
+        """Raises the APPLIED marker when the file is recorded already (part of a migration's round trip)."""
+        s = self.settings
+        return sql.SQL("SELECT ({} || checksum)::int FROM {} WHERE filename = {} "
+                       "AND (module_name = {} OR module_name IS NULL)").format(
+            sql.Literal(APPLIED_MARK + " "), s.history_ident, sql.Literal(migration.filename),
+            sql.Literal(s.module_name))
+
+    def is_history_violation(self, exc: psycopg.Error) -> bool:
+        """A unique violation on the history table: another applier recorded the file first."""
+        schema, name = self.settings.history_parts
+        return (exc.diag.sqlstate == "23505" and exc.diag.table_name == name and exc.diag.schema_name == schema)
+
+    # ------------------------------------------------------------------ pgdbm's advisory lock
+    def lock_key(self) -> sql.Composed:
+        return sql.SQL("hashtext('pgdbm_migration_' || {})").format(sql.Literal(self.settings.module_name))
+
+    def lock_sql(self) -> sql.Composed:
+        """Wait for the module's lock for this transaction (bounded by the lock_timeout set before it)."""
+        return sql.SQL("SELECT pg_advisory_xact_lock({})").format(self.lock_key())
+
+    def try_lock_sql(self) -> sql.Composed:
+        """Take the lock if it is free, else raise the BUSY marker."""
+        return sql.SQL("SELECT CASE WHEN pg_try_advisory_xact_lock({}) THEN 1 "
+                       "ELSE ({} || pg_backend_pid())::int END").format(self.lock_key(), sql.Literal(BUSY_MARK + " "))
+
+    def begin_locked(self) -> None:
+        """BEGIN and wait, at most lock_wait_timeout, for the module's lock (the wait of a busy lock)."""
+        conn = self.conn
+        try:
+            conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; {}").format(
+                sql.Literal(ms(self.settings.lock_wait_timeout)), self.lock_sql()))
+        except psycopg.errors.LockNotAvailable:
+            rollback(conn)
+            raise self.lock_timeout_error() from None
+        except BaseException:
+            rollback(conn)
+            raise
+
+    def lock_session(self) -> None:
+        """Take the module's lock for the session (no-transaction files), waiting at most lock_wait_timeout."""
+        conn = self.conn
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(ms(self.settings.lock_wait_timeout))))
+        try:
+            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(self.lock_key()))
+        except psycopg.errors.LockNotAvailable:
+            raise self.lock_timeout_error() from None
+        finally:
+            conn.execute("RESET lock_timeout")
+
+    def unlock_session(self) -> None:
+        self.conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(self.lock_key()))
+
+    def locked(self) -> "_Locked":
+        """``with store.locked():`` BEGIN + the module's lock (bounded wait) ... COMMIT, or ROLLBACK on error."""
+        return _Locked(self)
+
+    def lock_holder(self) -> str:
+        try:
+            row = self.conn.execute(
+                "SELECT a.pid, a.usename, a.application_name, coalesce(a.client_addr::text, 'local'), a.state, "
+                "       now() - a.xact_start "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "  AND ((l.classid::bigint << 32) | l.objid::bigint) = "
+                "      hashtext('pgdbm_migration_' || %s)::bigint "
+                "LIMIT 1", (self.settings.module_name,)).fetchone()
+        except psycopg.Error:
+            row = None
+        if not row:
+            return "another session (it released the lock meanwhile)"
+        pid, user, app, addr, state, age = row
+        return f"pid {pid} (user {user}, application {app or '-'}, client {addr}, {state}, transaction age {age})"
+
+    def lock_timeout_error(self) -> LockTimeoutError:
+        s = self.settings
+        return LockTimeoutError(
+            f"Timed out after {s.lock_wait_timeout:g}s waiting for the migration lock of module "
+            f"{s.module_name!r}; held by {self.lock_holder()}",
+            remedy="wait for that migration run to finish and run again, raise the lock wait timeout, "
+                   "or end the stuck session with SELECT pg_terminate_backend(<pid>)")
+
+    # ------------------------------------------------------------------ in-flight no-transaction files
+    def read_inflight(self) -> List[Inflight]:
+        """No-transaction migrations of this module that started and did not finish; ``alive`` when the backend
+        that started them is still connected (pid reuse is told apart by the backend's start time)."""
+        rows = self.conn.execute(sql.SQL(
+            "SELECT i.filename, i.checksum, to_char(i.started_at, 'YYYY-MM-DD HH24:MI:SS TZ'), i.pid, i.done, "
+            "       i.total, i.next_line, coalesce(i.error, ''), EXISTS (SELECT 1 FROM pg_stat_activity a "
+            "       WHERE a.pid = i.pid AND (a.backend_start IS NULL OR a.backend_start <= i.started_at)) "
+            "FROM {} i WHERE i.module_name = %s ORDER BY i.filename").format(self.settings.inflight_ident),
+            (self.settings.module_name,)).fetchall()
+        return [Inflight(*row) for row in rows]
+
+    def raise_for_inflight(self) -> None:
+        if self.tables_exist()[1]:
+            inflight = self.read_inflight()
+            if inflight:
+                raise InterruptedMigrationError(inflight, self.settings.module_name)
+
+    def create_inflight_table(self) -> None:
+        try:
+            self.conn.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " module_name VARCHAR(100) NOT NULL,"
+                " filename VARCHAR(255) NOT NULL,"
+                " checksum VARCHAR(64) NOT NULL,"
+                " started_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+                " pid INTEGER NOT NULL DEFAULT pg_backend_pid(),"
+                " done INTEGER NOT NULL DEFAULT 0,"
+                " total INTEGER NOT NULL,"
+                " next_line INTEGER NOT NULL,"
+                " error TEXT,"
+                " PRIMARY KEY (module_name, filename))").format(self.settings.inflight_ident))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # another module sharing this history table created it meanwhile
+
+    def _inflight_where(self, filename: str) -> sql.Composed:
+        return sql.SQL("module_name = {} AND filename = {}").format(sql.Literal(self.settings.module_name),
+                                                                   sql.Literal(filename))
+
+    def start_inflight(self, migration: Migration, total: int, first_line: int) -> None:
+        self.conn.execute(sql.SQL("INSERT INTO {} (module_name, filename, checksum, total, next_line) "
+                                  "VALUES (%s, %s, %s, %s, %s)").format(self.settings.inflight_ident),
+                          (self.settings.module_name, migration.filename, migration.checksum, total, first_line))
+
+    def progress_inflight(self, migration: Migration, done: int, next_line: int) -> None:
+        self.conn.execute(sql.SQL("UPDATE {} SET done = %s, next_line = %s WHERE {}").format(
+            self.settings.inflight_ident, self._inflight_where(migration.filename)), (done, next_line))
+
+    def fail_inflight(self, migration: Migration, error: Optional[str]) -> None:
+        """Record why the file stopped; ``None``: nothing of it ran, leave no trace."""
+        if error is None:
+            self.conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
+                self.settings.inflight_ident, self._inflight_where(migration.filename)))
+        else:
+            self.conn.execute(sql.SQL("UPDATE {} SET error = %s WHERE {}").format(
+                self.settings.inflight_ident, self._inflight_where(migration.filename)), (error,))
+
+    def finish_inflight(self, migration: Migration, with_version: bool, elapsed_ms: int) -> None:
+        """Record the file as applied and drop its in-flight record, in one transaction."""
+        self.conn.execute(sql.SQL("BEGIN; {}; DELETE FROM {} WHERE {}; COMMIT").format(
+            self.insert_sql(migration, with_version, elapsed_ms), self.settings.inflight_ident,
+            self._inflight_where(migration.filename)))
+
+    # ------------------------------------------------------------------ operator commands
+    def resolve(self, filename: str, action: str) -> str:
+        """Settle an interrupted no-transaction migration: ``retry`` (the next run re-runs the whole file) or
+        ``mark-applied`` (finished by hand: record it with the checksum of the file on disk)."""
+        s, conn = self.settings, self.conn
+        if action not in ("retry", "mark-applied"):
+            raise MigrationError(f"Unknown action {action!r}", remedy="use retry or mark-applied")
+        with self.locked():
+            inflight = {i.filename: i for i in self.read_inflight()} if self.tables_exist()[1] else {}
+            if filename not in inflight:
+                raise MigrationError(f"{filename} is not recorded as interrupted for module {s.module_name!r}",
+                                     remedy="run status to list interrupted migrations", file=filename)
+            conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(s.inflight_ident, self._inflight_where(filename)))
+            if action == "retry":
+                return f"{filename}: the next run re-runs it from its first statement"
+            migration = next((m for m in load(s.migrations_dir) if m.filename == filename), None)
+            if migration is None:
+                raise MigrationError(f"{filename} is not in {s.migrations_dir}", file=filename,
+                                     remedy="run from the directory the migration came from (--dir)")
+            if migration.checksum != inflight[filename].checksum:
+                raise MigrationError(f"{filename} changed since it was interrupted (checksum "
+                                     f"{inflight[filename].checksum} then, {migration.checksum} now)", file=filename,
+                                     remedy="restore the file as it ran, or use --retry to run the new content")
+            conn.execute(self.insert_sql(migration, self.has_version_column()))
+            return f"{filename}: recorded as applied"
+
+    def forget(self, drop_tables: Sequence[str] = ()) -> int:
+        """Delete this module's history rows (the spec's development reset); returns how many.
+
+        ``drop_tables`` (standalone mode, where there is no schema to drop) are dropped in the same transaction.
+        """
+        s, conn = self.settings, self.conn
+        if not self.exists():
+            return 0
+        with self.locked():
+            for table in drop_tables:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                    sql.Identifier(s.schema_name, check_identifier(table, "table name"))))
+            cur = conn.execute(sql.SQL("DELETE FROM {} WHERE module_name = %s").format(s.history_ident),
+                               (s.module_name,))
+            if self.tables_exist()[1]:  # and any record of an interrupted no-transaction file
+                conn.execute(sql.SQL("DELETE FROM {} WHERE module_name = %s").format(s.inflight_ident),
+                             (s.module_name,))
+            return cur.rowcount
+
+
+class _Locked:
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> HistoryStore:
+        self.store.begin_locked()
+        return self.store
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.store.conn.execute("COMMIT")
+        else:
+            rollback(self.store.conn)

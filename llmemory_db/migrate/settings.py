@@ -1,0 +1,260 @@
+"""One settings object for a migration target: the names, the defaults, validation and every conversion.
+
+The same settings reach the engine four ways: Python arguments (``MigrationsArgs``), the dynamic resource's
+properties (state), the command line and the stack config (``llmemory-db:*``). :class:`Settings` owns all of
+them, so a default or a name exists once:
+
+    Settings.from_props(settings.to_props()) == settings
+    Settings.from_cli(parser.parse_args(...))            # options added by Settings.add_arguments
+    Settings.from_config(pulumi.Config().get)            # camelCase keys of Pulumi.yaml
+
+No Pulumi import here (the engine must not need Pulumi).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+
+from psycopg import sql
+
+from .errors import MigrationError
+from .render import check_identifier
+
+DEFAULT_MODULE = "aword_memory"
+DEFAULT_HISTORY_TABLE = "public.schema_migrations"
+POOL_MODES = ("auto", "session", "transaction")
+
+
+def _meta(help: str, cli: Optional[str] = None, config: Optional[str] = None, **extra: Any) -> Dict[str, Any]:
+    return {"help": help, "cli": cli, "config": config, **extra}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where and how a module's migrations are applied (every field has a default)."""
+
+    migrations_dir: Union[str, Path] = field(default="migrations", metadata=_meta(
+        "folder of *.sql migration files", "--dir", "migrationsDir"))
+    schema: Optional[str] = field(default=None, metadata=_meta(
+        "target schema; none = standalone mode (the default schema, usually public)", "--schema", "schema"))
+    module_name: str = field(default=DEFAULT_MODULE, metadata=_meta(
+        "module name in the history table (pgdbm's module_name)", "--module", "moduleName"))
+    history_table: str = field(default=DEFAULT_HISTORY_TABLE, metadata=_meta(
+        "history table, table or schema.table (pgdbm 0.5 keeps it in <schema>.schema_migrations)",
+        "--history-table", "historyTable"))
+    lock_wait_timeout: float = field(default=60.0, metadata=_meta(
+        "seconds to wait for the module's migration lock (pgdbm's advisory lock); 0 = do not wait",
+        "--lock-wait", "lockWaitTimeout"))
+    lock_timeout: Optional[float] = field(default=None, metadata=_meta(
+        "PostgreSQL lock_timeout in seconds while a migration runs; 0 or none = wait for locks forever",
+        "--lock-timeout", "lockTimeout"))
+    statement_timeout: Optional[float] = field(default=None, metadata=_meta(
+        "PostgreSQL statement_timeout in seconds while a migration runs; 0 = none; unset = the role's default",
+        "--statement-timeout", "statementTimeout"))
+    strict: bool = field(default=False, metadata=_meta(
+        "lint warnings in pending files are errors", "--strict", "strict"))
+    pool_mode: str = field(default="auto", metadata=_meta(
+        "the endpoint: auto (detect a pooler: no-transaction files are refused through one), session or "
+        "transaction", "--pool-mode", "poolMode", choices=POOL_MODES))
+    extensions: Tuple[str, ...] = field(default=(), metadata=_meta(
+        "extensions the schema depends on: watched by the drift check (MigratedSchema also creates them)",
+        "--extension", "extensions"))
+    drop_on_destroy: bool = field(default=False, metadata=_meta(
+        "pulumi destroy drops the schema (standalone: the module's tables) and forgets the history",
+        None, "dropOnDestroy"))
+    accept_schema_drift: bool = field(default=False, metadata=_meta(
+        "on the next update, record the live schema as it is instead of stopping on schema drift",
+        None, "acceptSchemaDrift"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extensions", tuple(self.extensions or ()))
+        if self.schema == "":
+            object.__setattr__(self, "schema", None)
+        if self.schema is not None:
+            check_identifier(self.schema, "schema name")
+        if not isinstance(self.module_name, str) or not re.match(r"^[A-Za-z0-9_.\-]{1,100}$", self.module_name):
+            raise MigrationError(
+                f"Invalid module name {self.module_name!r}: use 1 to 100 letters, digits, '_', '-' or '.'",
+                remedy="choose a module name such as aword_memory")
+        self.history_parts  # validates
+        if self.pool_mode not in POOL_MODES:
+            raise MigrationError(f"Invalid pool mode {self.pool_mode!r}: use one of {', '.join(POOL_MODES)}",
+                                 remedy="auto detects a pooler; session or transaction declare the endpoint's mode")
+        for name in ("lock_wait_timeout", "lock_timeout", "statement_timeout"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise MigrationError(f"Invalid {name} {value!r}: a number of seconds >= 0 is required",
+                                     remedy=f"set {name} to a number of seconds, e.g. 30")
+        for extension in self.extensions:
+            check_identifier(extension, "extension name")
+
+    # ------------------------------------------------------------------ derived names
+    @property
+    def module(self) -> str:
+        return self.module_name
+
+    @property
+    def history_parts(self) -> Tuple[str, str]:
+        if not isinstance(self.history_table, str):
+            raise MigrationError(f"Invalid history table {self.history_table!r}: use table or schema.table",
+                                 remedy="for example public.schema_migrations")
+        parts = self.history_table.split(".")
+        if len(parts) == 1:
+            parts = ["public"] + parts
+        if len(parts) != 2:
+            raise MigrationError(f"Invalid history table {self.history_table!r}: use table or schema.table",
+                                 remedy="for example public.schema_migrations")
+        return (check_identifier(parts[0], "history table schema"),
+                check_identifier(parts[1], "history table name"))
+
+    @property
+    def history_ident(self) -> sql.Composable:
+        return sql.Identifier(*self.history_parts)
+
+    @property
+    def history_display(self) -> str:
+        return ".".join(self.history_parts)
+
+    @property
+    def inflight_parts(self) -> Tuple[str, str]:
+        """The table recording no-transaction migrations that started and have not finished (pgdbm ignores it)."""
+        schema, table = self.history_parts
+        return schema, table[:54] + "_inflight"
+
+    @property
+    def inflight_ident(self) -> sql.Composable:
+        return sql.Identifier(*self.inflight_parts)
+
+    @property
+    def schema_name(self) -> str:
+        """The schema the objects live in (standalone: public)."""
+        return self.schema or "public"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "Settings":
+        """From any mapping or object fields named like the settings (MigrationsArgs): unknown keys are ignored."""
+        return cls(**{name: values[name] for name in cls.names() if name in values})
+
+    @classmethod
+    def from_object(cls, obj: Any) -> "Settings":
+        return cls(**{name: getattr(obj, name) for name in cls.names() if hasattr(obj, name)})
+
+    def to_props(self) -> Dict[str, Any]:
+        """Resource properties: JSON values; an unset optional is left out (Pulumi drops None)."""
+        props: Dict[str, Any] = {}
+        for name in self.names():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name == "migrations_dir":
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            props[name] = value
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, Any]) -> "Settings":
+        """The inverse of :meth:`to_props`; also reads the properties of stacks written by earlier versions
+        (``schema: ""`` for standalone)."""
+        values: Dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in props or props[f.name] is None:
+                continue
+            value = props[f.name]
+            if f.name in ("lock_wait_timeout", "lock_timeout", "statement_timeout"):
+                value = float(value)
+            elif f.name == "extensions":
+                value = tuple(value)
+            values[f.name] = value
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+        """Command-line options for the settings ``names`` (each command takes the ones it uses)."""
+        for f in dataclasses.fields(cls):
+            if f.name not in names or not f.metadata.get("cli"):
+                continue
+            flag, help_text, default = f.metadata["cli"], f.metadata["help"], f.default
+            if f.type in (bool, "bool"):
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            elif f.name == "extensions":
+                parser.add_argument(flag, dest=f.name, action="append", default=None, metavar="NAME",
+                                    help=help_text + " (repeat the option for several)")
+            elif f.name.endswith("timeout"):
+                parser.add_argument(flag, dest=f.name, type=float, default=None, metavar="SECONDS",
+                                    help=f"{help_text} (default: {default if default is not None else 'unset'})")
+            else:
+                parser.add_argument(flag, dest=f.name, default=None, choices=f.metadata.get("choices"),
+                                    help=f"{help_text} (default: {default if default is not None else 'none'})")
+
+    @classmethod
+    def from_cli(cls, namespace: argparse.Namespace) -> "Settings":
+        given = {name: value for name, value in vars(namespace).items()
+                 if name in cls.names() and value is not None and value is not False}
+        return cls(**given)
+
+    @classmethod
+    def config_keys(cls) -> Dict[str, str]:
+        """Setting name -> stack config key (``llmemory-db:<key>``)."""
+        return {f.name: f.metadata["config"] for f in dataclasses.fields(cls) if f.metadata.get("config")}
+
+    @classmethod
+    def from_config(cls, get: Callable[[str], Optional[str]], **overrides: Any) -> "Settings":
+        """From stack config: ``get(key)`` returns the raw string of ``llmemory-db:<key>`` or None
+        (``pulumi.Config().get``). A value of the wrong type is an error naming the key."""
+        values: Dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f.metadata.get("config")
+            raw = get(key) if key else None
+            if raw is None:
+                continue
+            values[f.name] = _parse_config(f, key, raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _parse_config(f: "dataclasses.Field", key: str, raw: str) -> Any:
+    def wrong(kind: str) -> MigrationError:
+        return MigrationError(f"Invalid stack config llmemory-db:{key} = {raw!r}: {kind} expected",
+                              remedy=f"pulumi config set llmemory-db:{key} <{kind}> (see the README's table)")
+
+    if f.type in (bool, "bool"):
+        if raw.lower() not in ("true", "false"):
+            raise wrong("true or false")
+        return raw.lower() == "true"
+    if f.name.endswith("timeout"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise wrong("a number of seconds") from None
+    if f.name == "extensions":
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise wrong("a list of names") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of names")
+        return tuple(value)
+    return raw
+
+
+# The name the engine used before the settings object existed.
+Target = Settings

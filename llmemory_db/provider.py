@@ -1,0 +1,269 @@
+"""The dynamic provider behind ``llmemory_db.Migrations``: a thin adapter from Pulumi to the engine.
+
+Pickled into state *by reference* (``llmemory_db.provider.MigrationsProvider``; stacks written before the
+package was renamed hold ``components.provider.MigrationsProvider``, which ``components/provider.py`` keeps
+resolving): keep this module path and the class names stable, old stacks refresh and destroy with whatever code
+lives here. The engine decides everything (settings, plan, apply, drift rules); this module converts
+properties to settings, calls it, and turns its typed errors into Pulumi's. Every connection is closed, no
+password reaches a message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider,
+                            UpdateResult)
+
+from . import migrate
+from .migrate import drift as drift_mod
+from .migrate.errors import MigrationError
+from .migrate.objects import ManagedObjects
+from .migrate.settings import Settings
+
+CONNECTION = ("host", "port", "username", "password", "database", "sslmode")
+# Inputs whose change is a reason to run the engine again (never a replacement: applying is an update). The
+# folder is not one: the files' checksums are (a folder moved with the same files changes nothing).
+TRACKED = ("checksums",) + tuple(n for n in Settings.names() if n != "migrations_dir") + CONNECTION + ("managed",)
+INPUTS = TRACKED + ("migrations_dir",)
+# Where the objects live (the fingerprint's scope) and, with the module and its history, whose history it is.
+PLACE = ("schema", "database", "host", "port")
+HISTORY = PLACE + ("module_name", "history_table")
+
+
+def settings_of(props: Dict[str, Any]) -> Settings:
+    """The engine's settings from resource properties; a relative folder is relative to the Pulumi project,
+    where the provider process runs."""
+    settings = Settings.from_props(props)
+    folder = str(settings.migrations_dir)
+    return settings if os.path.isabs(folder) else settings.replace(migrations_dir=os.path.join(os.getcwd(), folder))
+
+
+def connect(props: Dict[str, Any]):
+    return migrate.connect(
+        host=props.get("host") or "localhost", port=int(props.get("port") or 5432),
+        user=props.get("username") or "postgres", password=props.get("password") or None,
+        dbname=props.get("database") or "postgres", sslmode=props.get("sslmode") or "prefer")
+
+
+def managed_of(props: Dict[str, Any]) -> ManagedObjects:
+    managed = props.get("managed") or {}
+    return ManagedObjects(**{f.name: list(managed.get(f.name) or []) for f in dataclasses.fields(ManagedObjects)})
+
+
+def same(olds: Dict[str, Any], news: Dict[str, Any], keys: Sequence[str]) -> bool:
+    return all(olds.get(k) == news.get(k) for k in keys)
+
+
+def resource_id(props: Dict[str, Any]) -> str:
+    """Stable id: one module's history in one database (never random)."""
+    return f"{props.get('database') or 'postgres'}/{props.get('history_table')}/{props.get('module_name')}"
+
+
+def fail(error: Exception) -> Exception:
+    """The engine's message as the whole error text (Pulumi shows it as is)."""
+    return Exception(str(error))
+
+
+_watching = threading.Lock()
+
+
+def watch_engine(interval: float = 1.0) -> None:
+    """Exit this provider process when the pulumi engine that started it is gone.
+
+    The CLI starts plugins in process groups of their own, so a SIGKILLed ``pulumi up`` leaves the dynamic
+    provider running (and Python's dynamic provider host never notices). Pulumi's Go plugins check the engine's
+    health; this does the same for ours: the engine's address is the host's argument, and once it refuses
+    connections the process exits, its connection closes, and the server rolls back a migration in progress
+    (client_connection_check_interval): the database holds the whole migration or none of it."""
+    if not _watching.acquire(blocking=False):
+        return
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if getattr(spec, "name", "") != "pulumi.dynamic.__main__" or len(sys.argv) < 2 or ":" not in sys.argv[1]:
+        return  # not the provider host (a test, the program itself)
+    host, _, port = sys.argv[1].rpartition(":")
+
+    def loop() -> None:
+        misses = 0
+        while True:
+            time.sleep(interval)
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+                misses = 0
+            except OSError:
+                misses += 1
+                if misses >= 2:
+                    try:  # stderr was the engine's pipe: it may be closed too
+                        print("the pulumi engine is gone: exiting (a migration in progress is rolled back)",
+                              file=sys.stderr, flush=True)
+                    finally:
+                        os._exit(3)
+
+    threading.Thread(target=loop, name="engine-watchdog", daemon=True).start()
+
+
+class ExtensionCheckProvider(ResourceProvider):
+    """Before pulumi-postgresql creates an extension: is it there, or can this user create it? Else the remedy."""
+
+    def _check(self, props: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            with connect(props) as conn:
+                migrate.check_extensions(conn, [props["extension"]])
+        except MigrationError as exc:
+            raise fail(exc) from None
+        return props
+
+    def create(self, props: Dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props.get('database')}/{props['extension']}", outs=self._check(props))
+
+    def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
+        return DiffResult(changes=not same(olds, news, CONNECTION + ("extension",)))
+
+    def update(self, _id: str, _olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._check(news))
+
+
+def diff_migrations(olds: Dict[str, Any], news: Dict[str, Any]) -> tuple:
+    """(changed, report lines) of the migrations resource: pure, no I/O. An applied file whose checksum changed
+    raises the engine's ChecksumMismatchError."""
+    old_sums: Dict[str, str] = olds.get("checksums") or {}
+    new_sums: Dict[str, str] = news.get("checksums") or {}
+    same_target = same(olds, news, HISTORY)
+    if same_target:
+        modified = [(name, old_sums[name], new_sums[name]) for name in sorted(new_sums)
+                    if name in old_sums and old_sums[name] != new_sums[name]]
+        if modified:
+            raise migrate.ChecksumMismatchError(modified, news.get("module_name"), news.get("history_table"))
+    changed = [key for key in TRACKED if olds.get(key) != news.get(key)]
+    lines: List[str] = []
+    where = resource_id(news)
+    if olds.get("drift"):
+        changed.append("drift")
+        lines.append(f"migrations {where}: schema drift:\n  " + "\n  ".join(olds["drift"]))
+    if olds.get("interrupted"):  # found by a refresh; the update refuses to go on and says what to do
+        changed.append("interrupted")
+        lines.append(f"migrations {where}: interrupted:\n  " + "\n  ".join(olds["interrupted"]))
+    if changed:
+        pending = [name for name in sorted(new_sums) if name not in old_sums or not same_target]
+        if pending:
+            lines.append(f"migrations {where}: {len(pending)} pending: {', '.join(pending)}")
+        forgotten = [name for name in sorted(old_sums) if name not in new_sums]
+        if forgotten:
+            lines.append(f"migrations {where}: recorded but not on disk: {', '.join(forgotten)}")
+    return changed, lines
+
+
+class MigrationsProvider(ResourceProvider):
+    """check/diff are pure (files and inputs); create/update apply; read re-reads history; delete keeps data."""
+
+    def check(self, olds: Dict[str, Any], news: Dict[str, Any]) -> CheckResult:
+        """Valid settings, and the lint rules on the pending files: those not recorded by the previous update of
+        the same history (applied files are checked by checksum in diff, never linted again)."""
+        failures: List[CheckFailure] = []
+        if not isinstance(news.get("checksums", {}), dict):
+            return CheckResult(news, [CheckFailure("checksums", "checksums must be a map of filename to SHA-256")])
+        try:
+            settings = settings_of(news)
+            applied = (olds.get("checksums") or {}) if same(olds, news, HISTORY) else {}
+            pending = [m for m in migrate.load(settings.migrations_dir) if m.filename not in applied]
+            _, warnings = migrate.lint_pending(pending, settings)
+            for warning in warnings:
+                print(f"warning: {warning}")
+        except MigrationError as exc:
+            failures.append(CheckFailure("migrations", str(exc)))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
+        try:
+            changed, lines = diff_migrations(olds, news)
+        except MigrationError as exc:
+            raise fail(exc) from None
+        for line in lines:
+            print(line)
+        return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
+
+    def _apply(self, props: Dict[str, Any], recorded: Optional[Dict[str, str]] = None,
+               covered: Sequence[str] = ()) -> Dict[str, Any]:
+        """Apply pending files; first, if a fingerprint was recorded (of the objects of the files ``covered``),
+        refuse to build on a drifted schema (the engine's drift rules)."""
+        watch_engine()
+        settings = settings_of(props)
+        managed = managed_of(props)
+        try:
+            with connect(props) as conn:
+                if recorded is not None:
+                    report = drift_mod.check_drift(conn, settings, managed, recorded, covered)
+                    if report.applied_since:
+                        print(f"migrations {resource_id(props)}: applied outside this stack since its last update: "
+                              f"{', '.join(report.applied_since)}; the schema fingerprint is taken again after "
+                              "this update")
+                    if report.accepted:
+                        print("migrations: accepted schema drift:\n  " + "\n  ".join(report.differences))
+                result = migrate.apply(conn, settings)
+                objects = drift_mod.inspect_target(conn, settings, managed)
+        except MigrationError as exc:
+            raise fail(exc) from None
+        expected = props.get("checksums") or {}
+        if expected and expected != result.checksums:
+            changed = sorted(set(expected.items()) ^ set(result.checksums.items()))
+            raise Exception(f"Migration files changed between preview and apply: {sorted({n for n, _ in changed})}\n"
+                            "Remedy: run pulumi up again so that the plan sees the current files")
+        if result.applied:
+            print(f"migrations {resource_id(props)}: applied {', '.join(result.applied)}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        outs = dict(props)
+        outs.update(schema_name=settings.schema_name, applied=sorted(result.checksums),
+                    checksums=result.checksums, pending=[], missing=result.missing, objects=objects,
+                    fingerprint=drift_mod.fingerprint(objects), drift=[], interrupted=[])
+        return outs
+
+    def create(self, props: Dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=resource_id(props), outs=self._apply(props))
+
+    def update(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
+        recorded = olds.get("objects") if same(olds, news, PLACE) and olds.get("objects") is not None else None
+        return UpdateResult(outs=self._apply(news, recorded, olds.get("applied") or []))
+
+    def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
+        """Live history: rows deleted or changed outside Pulumi show up as a diff against the inputs."""
+        settings = settings_of(props)
+        try:
+            with connect(props) as conn:
+                current = migrate.status(conn, settings)
+                recorded = migrate.read_history(conn, settings) if current.history_exists else {}
+                live = drift_mod.inspect_target(conn, settings, managed_of(props))
+        except MigrationError as exc:
+            raise fail(exc) from None
+        on_disk = set(props.get("checksums") or {})
+        outs = dict(props)
+        outs.update(checksums={name: recorded[name] for name in sorted(recorded) if name in on_disk},
+                    applied=sorted(name for name in recorded if name in on_disk),
+                    pending=[m.filename for m in current.plan.pending], missing=current.plan.missing,
+                    drift=drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else [],
+                    interrupted=[i.describe() for i in current.interrupted])
+        inputs = {key: props[key] for key in props if key in INPUTS}
+        return ReadResult(id_=id_, outs=outs, inputs=inputs)
+
+    def delete(self, _id: str, props: Dict[str, Any]) -> None:
+        settings = settings_of(props)
+        where = (f"schema {settings.schema_name} (module {settings.module_name}, "
+                 f"history {settings.history_display})")
+        if not settings.drop_on_destroy:
+            print(f"migrations: kept the tables and history of {where}; "
+                  "set drop_on_destroy (llmemory-db:dropOnDestroy) to drop them on destroy")
+            return
+        tables = [] if settings.schema else managed_of(props).tables
+        try:
+            with connect(props) as conn:
+                migrate.forget(conn, settings, drop_tables=tables)
+        except MigrationError as exc:
+            raise fail(exc) from None
+        dropped = f"dropped tables {', '.join(tables)} and " if tables else ""
+        print(f"migrations: {dropped}forgot the history of {where}")
