@@ -169,7 +169,8 @@ class HistoryStore:
         """BEGIN and wait, at most lock_wait_timeout, for the module's lock (the wait of a busy lock)."""
         conn = self.conn
         try:
-            conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; {}").format(
+            conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; {}; "
+                                 "SET LOCAL statement_timeout = DEFAULT").format(
                 sql.Literal(ms(self.settings.lock_wait_timeout)), self.lock_sql()))
         except psycopg.errors.LockNotAvailable:
             rollback(conn)
@@ -181,13 +182,14 @@ class HistoryStore:
     def lock_session(self) -> None:
         """Take the module's lock for the session (no-transaction files), waiting at most lock_wait_timeout."""
         conn = self.conn
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(ms(self.settings.lock_wait_timeout))))
+        conn.execute(sql.SQL("SET lock_timeout = {}; SET statement_timeout = 0").format(
+            sql.Literal(ms(self.settings.lock_wait_timeout))))
         try:
             conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(self.lock_key()))
         except psycopg.errors.LockNotAvailable:
             raise self.lock_timeout_error() from None
         finally:
-            conn.execute("RESET lock_timeout")
+            conn.execute("RESET lock_timeout; RESET statement_timeout")
 
     def unlock_session(self) -> None:
         self.conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(self.lock_key()))

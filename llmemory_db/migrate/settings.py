@@ -48,7 +48,7 @@ class Settings:
         "history table, table or schema.table (pgdbm 0.5 keeps it in <schema>.schema_migrations)",
         "--history-table", "historyTable"))
     lock_wait_timeout: float = field(default=60.0, metadata=_meta(
-        "seconds to wait for the module's migration lock (pgdbm's advisory lock); 0 = do not wait",
+        "seconds to wait for the module's migration lock (pgdbm's advisory lock); 0 = as long as it takes",
         "--lock-wait", "lockWaitTimeout"))
     lock_timeout: Optional[float] = field(default=None, metadata=_meta(
         "PostgreSQL lock_timeout in seconds while a migration runs; 0 or none = wait for locks forever",
