@@ -216,6 +216,9 @@ class MigrationsProvider(ResourceProvider):
                             "Remedy: run pulumi up again so that the plan sees the current files")
         if result.applied:
             print(f"migrations {resource_id(props)}: applied {', '.join(result.applied)}")
+        if result.revoked:
+            print(f"migrations {resource_id(props)}: revoked what default privileges gave on the history: "
+                  + "; ".join(result.revoked))
         for warning in result.warnings:
             print(f"warning: {warning}")
         outs = dict(props)
@@ -239,6 +242,7 @@ class MigrationsProvider(ResourceProvider):
                 current = migrate.status(conn, settings)
                 recorded = migrate.read_history(conn, settings) if current.history_exists else {}
                 live = drift_mod.inspect_target(conn, settings, managed_of(props))
+                leaks = drift_mod.privilege_drift(conn, settings) if current.history_exists else []
         except MigrationError as exc:
             raise fail(exc) from None
         on_disk = set(props.get("checksums") or {})
@@ -246,7 +250,7 @@ class MigrationsProvider(ResourceProvider):
         outs.update(checksums={name: recorded[name] for name in sorted(recorded) if name in on_disk},
                     applied=sorted(name for name in recorded if name in on_disk),
                     pending=[m.filename for m in current.plan.pending], missing=current.plan.missing,
-                    drift=drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else [],
+                    drift=(drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else []) + leaks,
                     interrupted=[i.describe() for i in current.interrupted])
         inputs = {key: props[key] for key in props if key in INPUTS}
         return ReadResult(id_=id_, outs=outs, inputs=inputs)
