@@ -23,6 +23,7 @@ from .history import APPLIED_MARK, BUSY_MARK, HistoryStore, marked, ms, rollback
 from .plan import Plan, plan
 from .render import render
 from .settings import Settings
+from .startup import ensure_startup_role
 
 CLIENT_CHECK_INTERVAL = "1s"  # how soon the server notices a dead client and rolls its migration back
 
@@ -183,6 +184,7 @@ def _apply(conn: psycopg.Connection, settings: Settings,
         if done and on_progress:
             on_progress(migration.filename)
     revoked = store.strip_default_privileges()  # no role but the migrations' may write the history
+    revoked += ensure_startup_role(conn, settings)  # and what pgdbm at start-up needs
     return ApplyResult(applied, skipped, current.plan.checksums, current.plan.missing, warnings,
                        (time.perf_counter() - started) * 1000, revoked)
 

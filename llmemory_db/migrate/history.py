@@ -307,7 +307,7 @@ class HistoryStore:
                 sql.SQL(", ").join(sql.SQL(p) for p in privileges if p.replace(" ", "").isalpha()),
                 sql.SQL(kind), sql.Identifier(schema, table),
                 sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)))
-            done.append(f"{grantee}: {', '.join(privileges)} on {kind.lower()} {name}")
+            done.append(f"revoked {', '.join(privileges)} on {kind.lower()} {name} from {grantee} (given by default privileges)")
         return done
 
     # ------------------------------------------------------------------ operator commands
