@@ -5,17 +5,20 @@ ROOT := $(abspath .)
 STATE := $(ROOT)/.state
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
+# the real llmemory application for the end-to-end test, in a venv of its own (no torch, no network)
+APP_VENV := $(STATE)/llmemory-app-venv
 STACK ?= dev
 export PULUMI_BACKEND_URL ?= file://$(STATE)/pulumi
 export PULUMI_SKIP_UPDATE_CHECK := true
 # the Python language host runs `pip list` for every program run: no network check of pip itself
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# the dev stack's secrets use a fixed development passphrase; other stacks bring their own
-ifeq ($(STACK),dev)
+# the local stacks' secrets (dev, llmemory: on the embedded server) use a fixed development passphrase; other
+# stacks bring their own
+ifneq ($(filter $(STACK),dev llmemory),)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv toolchain pgbouncer db-start db-stop up preview drift destroy recover test test-fast bench clean
+.PHONY: help venv app-venv toolchain pgbouncer db-start db-stop up preview drift destroy recover test test-fast bench clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
@@ -34,6 +37,14 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 venv: $(VENV)/.installed
+
+$(APP_VENV)/.installed: tests/llmemory_app/requirements.txt requirements-nodeps.txt
+	@echo "[app-venv] the real llmemory app (minimal dependencies: no torch, no network) in .state/llmemory-app-venv"
+	@test -x $(APP_VENV)/bin/python || python3 -m venv $(APP_VENV)
+	@$(APP_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/llmemory_app/requirements.txt
+	@$(APP_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	@touch $@
+app-venv: $(APP_VENV)/.installed
 
 # Pulumi CLI + Python language host + postgresql plugin: from PATH, or built once into ~/.cache
 # (instant when the cache is there; prints progress and timing when it builds)
@@ -67,7 +78,7 @@ pgbouncer:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null; } || \
 	  { echo "error: could not install pgbouncer: apt-get install pgbouncer, then run make test again"; exit 1; }; }
 
-test: venv toolchain pgbouncer
+test: venv toolchain pgbouncer app-venv
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 test-fast: venv
 	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)

@@ -130,6 +130,15 @@ class ExtensionCheckProvider(ResourceProvider):
         return UpdateResult(outs=self._check(news))
 
 
+_DEFAULTS = Settings.defaults()
+
+
+def _value(props: Dict[str, Any], key: str) -> Any:
+    """A property as the engine reads it: a setting that an older version did not write has its default."""
+    value = props.get(key, _DEFAULTS.get(key))
+    return list(value) if isinstance(value, tuple) else value
+
+
 def diff_migrations(olds: Dict[str, Any], news: Dict[str, Any]) -> tuple:
     """(changed, report lines) of the migrations resource: pure, no I/O. An applied file whose checksum changed
     raises the engine's ChecksumMismatchError."""
@@ -141,7 +150,7 @@ def diff_migrations(olds: Dict[str, Any], news: Dict[str, Any]) -> tuple:
                     if name in old_sums and old_sums[name] != new_sums[name]]
         if modified:
             raise migrate.ChecksumMismatchError(modified, news.get("module_name"), news.get("history_table"))
-    changed = [key for key in TRACKED if olds.get(key) != news.get(key)]
+    changed = [key for key in TRACKED if _value(olds, key) != _value(news, key)]
     lines: List[str] = []
     where = resource_id(news)
     if olds.get("drift"):

@@ -61,10 +61,11 @@ def write_project(directory: Path, program: str, migrations: Optional[Dict[str, 
 
 
 def stack(project: Path, backend: Path, server, database: str, stack_name: str = "test",
-          config: Optional[Dict[str, str]] = None) -> auto.Stack:
-    """A stack of ``project`` whose postgresql:* config points at ``database`` on the embedded server."""
+          config: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None) -> auto.Stack:
+    """A stack of ``project`` whose postgresql:* config points at ``database`` on the embedded server (``env``:
+    more environment variables for the CLI and the programs and plugins it starts)."""
     backend.mkdir(parents=True, exist_ok=True)
-    env = pulumi_env(backend)
+    env = {**pulumi_env(backend), **(env or {})}
     ws = auto.LocalWorkspaceOptions(work_dir=str(project), env_vars=env,
                                     pulumi_command=auto.PulumiCommand(root=str(toolchain_bin().parent)))
     st = auto.create_or_select_stack(stack_name=stack_name, work_dir=str(project), opts=ws)

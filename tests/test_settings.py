@@ -92,8 +92,8 @@ def test_one_default_per_setting():
     keys = {key: name for name, key in Settings.config_keys().items()}
     for key, spec in project.items():
         # defaults that depend on other settings (a package's folder, module and history) are resolved by Settings
-        assert not (key in ("migrationsDir", "moduleName", "historyTable") and "default" in spec), key
-        if key in keys and key != "schema" and "default" in spec:
+        assert not (key in ("migrationsDir", "moduleName", "historyTable") and spec.get("default")), key
+        if key in keys and key != "schema" and spec.get("default") not in (None, ""):
             default = defaults[keys[key]]
             assert spec["default"] == (list(default) if isinstance(default, tuple) else default) or \
                 (key == "extensions" and spec["default"] == ["vector"]), key

@@ -1,8 +1,10 @@
 """Stack operations behind the Makefile: `python -m tools.stack up|preview|drift|destroy|recover --stack NAME`.
 
 Drives the pulumi CLI through Pulumi's Automation API, as the tests do; the CLI's own output is streamed as
-it comes. For the ``dev`` stack it starts the embedded PostgreSQL, creates the ``llmemory`` database and writes
-the ``postgresql:*`` config (password as a secret). Other stacks use the config their owner set (see README).
+it comes. The local stacks (LOCAL_STACKS: ``dev``, the spec's llmemory schema; ``llmemory``, the real llmemory release's
+own files for its application) run on the embedded PostgreSQL: this starts it, creates the stack's database and
+writes the ``postgresql:*`` config (password as a secret) and the stack's settings. Other stacks use the config
+their owner set (see README).
 """
 from __future__ import annotations
 
@@ -17,9 +19,18 @@ from pulumi import automation as auto
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state"
-DEV_DATABASE = "llmemory"
-DEV_CONFIG: Dict[str, Union[str, bool, list]] = {
-    "llmemory-db:runtimeRoles": ["llmemory_app"], "llmemory-db:createRuntimeRoles": True}
+# stack -> its database on the embedded server and its llmemory-db:* settings
+LOCAL_STACKS: Dict[str, Dict[str, Union[str, Dict[str, Union[str, bool, list]]]]] = {
+    # the spec's llmemory schema (this project's rendering of the migration guide: module aword_memory)
+    "dev": {"database": "llmemory", "config": {
+        "llmemory-db:runtimeRoles": ["llmemory_app"], "llmemory-db:createRuntimeRoles": True}},
+    # the real llmemory 0.5.0 release: its own files from its package, its extensions, the role its app runs as
+    # (pgdbm's start-up check included, guarded)
+    "llmemory": {"database": "llmemory_service", "config": {
+        "llmemory-db:schema": "llmemory", "llmemory-db:migrationsPackage": "llmemory",
+        "llmemory-db:extensions": ["vector", "pgcrypto"], "llmemory-db:runtimeRoles": ["llmemory_service"],
+        "llmemory-db:startupRole": "llmemory_service", "llmemory-db:createRuntimeRoles": True}},
+}
 
 
 def log(message: str) -> None:
@@ -28,6 +39,11 @@ def log(message: str) -> None:
 
 def echo(line: str) -> None:
     print(line, end="" if line.endswith("\n") else "\n", flush=True)
+
+
+def echo_error(line: str) -> None:
+    """The CLI's stderr, streamed too (with --diff, provider messages such as "1 pending: ..." go there)."""
+    print(line, end="" if line.endswith("\n") else "\n", file=sys.stderr, flush=True)
 
 
 def open_stack(name: str) -> auto.Stack:
@@ -46,19 +62,20 @@ def open_stack(name: str) -> auto.Stack:
         return auto.create_stack(stack_name=name, work_dir=str(ROOT), opts=options)
 
 
-def configure_dev(stack: auto.Stack) -> None:
+def configure_local(stack: auto.Stack, name: str) -> None:
     sys.path.insert(0, str(ROOT))
     import psycopg
 
     from tools.pgserver import HOST, SUPERUSER, Server
 
+    database = str(LOCAL_STACKS[name]["database"])
     server = Server(STATE / "pg").start()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEV_DATABASE,)).fetchone():
-            log(f"creating database {DEV_DATABASE}")
-            conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            log(f"creating database {database}")
+            conn.execute(f'CREATE DATABASE "{database}"')
     wanted = {"postgresql:host": HOST, "postgresql:port": str(server.port), "postgresql:username": SUPERUSER,
-              "postgresql:database": DEV_DATABASE, "postgresql:sslmode": "disable", **DEV_CONFIG}
+              "postgresql:database": database, "postgresql:sslmode": "disable", **LOCAL_STACKS[name]["config"]}
     current = stack.get_all_config()
     changes: Dict[str, auto.ConfigValue] = {}
     for key, value in wanted.items():
@@ -77,6 +94,14 @@ def configure_dev(stack: auto.Stack) -> None:
     password = current.get("postgresql:password")
     if password is None or password.value != server.password:
         stack.set_config("postgresql:password", auto.ConfigValue(server.password, secret=True))
+    if "llmemory-db:createRuntimeRoles" in wanted and current.get("llmemory-db:runtimePassword") is None:
+        # the runtime roles log in with this password (the application's connection string)
+        secret = STATE / f"{name}-runtime-password"
+        if not secret.exists():
+            import secrets
+            secret.write_text(secrets.token_urlsafe(18))
+            secret.chmod(0o600)
+        stack.set_config("llmemory-db:runtimePassword", auto.ConfigValue(secret.read_text(), secret=True))
 
 
 def _json(value: list) -> str:
@@ -85,14 +110,12 @@ def _json(value: list) -> str:
 
 
 def run(operation: Callable[[], object]) -> int:
-    """Run a stack operation, its output streamed; on failure print the CLI's error and return its exit code."""
+    """Run a stack operation, its output and errors streamed as they come; returns the CLI's exit code."""
     try:
         operation()
         return 0
     except auto.CommandError as exc:
-        text = str(exc)
-        print(text.split("\n stderr: ", 1)[-1].rstrip(), file=sys.stderr)
-        code = text.split("code: ", 1)[-1].split("\n", 1)[0].strip()
+        code = str(exc).split("code: ", 1)[-1].split("\n", 1)[0].strip()
         return int(code) if code.isdigit() and int(code) else 1
 
 
@@ -103,18 +126,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     stack = open_stack(args.stack)
-    if args.stack == "dev":
-        configure_dev(stack)
+    if args.stack in LOCAL_STACKS:
+        configure_local(stack, args.stack)
     if args.command == "up":
-        code = run(lambda: stack.up(on_output=echo))  # the CLI prints the outputs
+        code = run(lambda: stack.up(on_output=echo, on_error=echo_error))  # the CLI prints the outputs
     elif args.command == "preview":
-        code = run(lambda: stack.preview(diff=True, on_output=echo))
+        code = run(lambda: stack.preview(diff=True, on_output=echo, on_error=echo_error))
     elif args.command == "drift":
-        code = run(lambda: stack.preview(refresh=True, expect_no_changes=True, diff=True, on_output=echo))
+        code = run(lambda: stack.preview(refresh=True, expect_no_changes=True, diff=True, on_output=echo, on_error=echo_error))
         log(f"drift detected in stack {args.stack} (or the preview failed): see above" if code
             else f"no drift in stack {args.stack}")
     elif args.command == "destroy":
-        code = run(lambda: stack.destroy(on_output=echo))
+        code = run(lambda: stack.destroy(on_output=echo, on_error=echo_error))
     else:  # recover
         # after a `pulumi up` that was killed: its lock, then its pending operations. Safe for the migrations:
         # each one committed whole or not at all, and the next up applies whatever is not recorded.
@@ -123,7 +146,7 @@ def main(argv=None) -> int:
             stack.cancel()
         except auto.CommandError:
             log("no lock to remove (no update of this stack was interrupted)")
-        code = run(lambda: stack.refresh(clear_pending_creates=True, on_output=echo))
+        code = run(lambda: stack.refresh(clear_pending_creates=True, on_output=echo, on_error=echo_error))
         if code == 0:
             log(f"recovered: run `make up STACK={args.stack}` to finish the deployment")
     if code == 0:

@@ -88,8 +88,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extensions", tuple(self.extensions or ()))
-        if self.schema == "":
-            object.__setattr__(self, "schema", None)
+        for name in ("schema", "migrations_package", "startup_role"):  # "" (stack config's unset) = none
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
         self._resolve_defaults()
         if self.schema is not None:
             check_identifier(self.schema, "schema name")
