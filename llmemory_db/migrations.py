@@ -67,8 +67,11 @@ class MigrationsArgs:
     migrations_package: Optional[str] = None   # deploy the migrations shipped inside an installed package (llmemory)
     lock_wait_timeout: float = _DEFAULT.lock_wait_timeout
     lock_timeout: Optional[float] = _DEFAULT.lock_timeout
+    lock_retry_timeout: float = _DEFAULT.lock_retry_timeout
     statement_timeout: Optional[float] = _DEFAULT.statement_timeout
     strict: bool = _DEFAULT.strict
+    risk_policy: str = _DEFAULT.risk_policy          # warn, or deny: refuse risky statements on large tables
+    risk_min_rows: int = _DEFAULT.risk_min_rows
     pool_mode: str = _DEFAULT.pool_mode
     drop_on_destroy: bool = _DEFAULT.drop_on_destroy
     extensions: Sequence[str] = _DEFAULT.extensions  # watched for drift (missing, other version); not created here

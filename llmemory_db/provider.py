@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from pulumi.runtime.rpc import UNKNOWN
 from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider,
                             UpdateResult)
 
@@ -44,9 +45,9 @@ def settings_of(props: Dict[str, Any]) -> Settings:
     return settings if os.path.isabs(folder) else settings.replace(migrations_dir=os.path.join(os.getcwd(), folder))
 
 
-def connect(props: Dict[str, Any]):
+def connect(props: Dict[str, Any], retries: int = 3):
     return migrate.connect(
-        host=props.get("host") or "localhost", port=int(props.get("port") or 5432),
+        retries=retries, host=props.get("host") or "localhost", port=int(props.get("port") or 5432),
         user=props.get("username") or "postgres", password=props.get("password") or None,
         dbname=props.get("database") or "postgres", sslmode=props.get("sslmode") or "prefer",
         **({"sslrootcert": props["sslrootcert"]} if props.get("sslrootcert") else {}))
@@ -182,12 +183,30 @@ class MigrationsProvider(ResourceProvider):
             settings = settings_of(news)
             applied = (olds.get("checksums") or {}) if same(olds, news, HISTORY) else {}
             pending = [m for m in migrate.load(settings.migrations_dir) if m.filename not in applied]
-            _, warnings = migrate.lint_pending(pending, settings)
+            rendered, warnings = migrate.lint_pending(pending, settings)
             for warning in warnings:
                 print(f"warning: {warning}")
+            if pending:
+                report = self._risk(pending, rendered, settings, news)
+                for line in report.lines():
+                    print(f"migrations {resource_id(news)}: risk: {line}")
+                report.raise_for_errors(settings)
         except MigrationError as exc:
             failures.append(CheckFailure("migrations", str(exc)))
         return CheckResult(news, failures)
+
+    @staticmethod
+    def _risk(pending, rendered, settings: Settings, props: Dict[str, Any]):
+        """squawk's findings on the pending files, with live table sizes when the database answers (a preview
+        whose connection is not known yet, or a server not reachable yet, gets squawk's findings alone)."""
+        if any(props.get(key) == UNKNOWN for key in CONNECTION):
+            return migrate.analyze(pending, rendered, settings)
+        try:
+            conn = connect(props, retries=0)
+        except migrate.ConnectionFailedError:
+            return migrate.analyze(pending, rendered, settings)
+        with conn:
+            return migrate.analyze(pending, rendered, settings, conn)
 
     def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
         try:
@@ -215,7 +234,7 @@ class MigrationsProvider(ResourceProvider):
                               "this update")
                     if report.accepted:
                         print("migrations: accepted schema drift:\n  " + "\n  ".join(report.differences))
-                result = migrate.apply(conn, settings)
+                result = migrate.apply(conn, settings, on_event=print)
                 objects = drift_mod.inspect_target(conn, settings, managed)
         except MigrationError as exc:
             raise fail(exc) from None

@@ -138,6 +138,6 @@ def test_migrations_resource_carries_settings_and_never_sql(deploy):
     resources = by_name(deploy(lambda: [Migrations("m", MigrationsArgs(schema="s", lock_wait_timeout=0,
                                                                          statement_timeout=0))]))
     props = resources["m"][1]
-    assert props["lock_wait_timeout"] == 0 and props["statement_timeout"] == 0 and "lock_timeout" not in props
+    assert props["lock_wait_timeout"] == 0 and props["statement_timeout"] == 0 and props["lock_timeout"] == 2.0
     assert props["checksums"].keys() == {"001_a.sql"} and "CREATE TABLE" not in repr(props)
     assert props["host"] == "db.internal" and props["database"] == "app"

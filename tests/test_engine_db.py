@@ -7,7 +7,8 @@ import psycopg
 import pytest
 
 from llmemory_db import migrate
-from llmemory_db.migrate import (ChecksumMismatchError, ConnectionFailedError, LintError, LockTimeoutError,
+from llmemory_db.migrate import (ChecksumMismatchError, ConnectionFailedError, LintError, LockRetryError,
+                                LockTimeoutError,
                                 MigrationError, StatementError, Settings)
 from tests import db as dbs
 from tests.conftest import write
@@ -254,10 +255,11 @@ def test_lock_timeout_of_a_migration_statement_is_not_the_migration_lock(conn, d
     other = psycopg.connect(database)
     other.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")  # held in an open transaction
     try:
-        with pytest.raises(StatementError) as info:
+        with pytest.raises(LockRetryError) as info:
             migrate.apply(conn, Settings(write(tmp_path, {"001_alter.sql": "ALTER TABLE busy ADD COLUMN x int;"}),
-                                       lock_timeout=0.2))
-        assert info.value.sqlstate == "55P03" and "lock_timeout" in str(info.value)
+                                       lock_timeout=0.2, lock_retry_timeout=0))
+        assert info.value.sqlstate == "55P03" and info.value.attempts == 1 and "lock_timeout" in str(info.value)
+        assert f"pid {other.info.backend_pid}" in info.value.blocker
     finally:
         other.close()
     assert history(conn) == []

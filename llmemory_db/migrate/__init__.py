@@ -11,15 +11,19 @@ One responsibility per module, in the order data flows:
 - ``history``     the history store: table, rows, in-flight records, pgdbm's advisory lock, forget, resolve
 - ``executor``    the apply loop and its two strategies (in a transaction, no-transaction)
 - ``diagnosis``   where a migration failed and the remedy, by SQLSTATE
+- ``risk``        squawk's findings on pending files, with live table sizes; the deny policy
 - ``drift``       catalog fingerprints, the drift check, the files' schema proven on a scratch schema
 - ``objects``     which objects the migrations create (grants, drift scope)
 - ``extensions``  extensions present or creatable, else the remedy
+- ``source``      migrations shipped inside an installed package (a pgdbm library)
+- ``startup``     the role an application's pgdbm runs its start-up check as, and its guard
 - ``cli``         ``python -m llmemory_db.migrate``
 """
 from .connection import connect, pooler, scrub
 from .drift import DriftReport, SchemaDriftError, check_drift
 from .errors import (ChecksumMismatchError, ConnectionFailedError, ConnectionLostError, DuplicateVersionError, Inflight,
-                     InterruptedMigrationError, InvalidIdentifierError, LintError, LintIssue, LockTimeoutError,
+                     InterruptedMigrationError, InvalidIdentifierError, LintError, LintIssue, LockRetryError,
+                     LockTimeoutError,
                      MigrationError, MigrationFileError, MigrationsDirectoryError, PoolerError, StatementError,
                      TemplateError)
 from .executor import ApplyResult, Status, apply, lint_pending, render_all, render_parsed, status
@@ -27,6 +31,7 @@ from .extensions import check_extensions
 from .files import Migration, checksum, load, version_of
 from .history import HistoryStore
 from .plan import Plan, plan
+from .risk import Finding, RiskError, RiskReport, analyze
 from .render import render
 from .settings import DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, POOL_MODES, Settings, Target
 

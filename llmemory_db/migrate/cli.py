@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional
 
-from . import drift, executor
+from . import drift, executor, risk
 from .connection import connect
 from .errors import InterruptedMigrationError, MigrationError
 from .files import load
@@ -20,13 +20,17 @@ from .settings import Settings
 
 PROG = "python -m llmemory_db.migrate"
 # the settings each command takes (see Settings for their help and defaults)
-WHERE = ("migrations_dir", "schema", "module_name", "history_table")
+WHERE = ("migrations_dir", "migrations_package", "schema", "module_name", "history_table")
+RISK = ("risk_policy", "risk_min_rows")
 COMMANDS: Dict[str, tuple] = {
-    "lint": ("check the files: render and parse every file (no database)", WHERE + ("strict",)),
-    "plan": ("compare the files with the history: what would apply", WHERE + ("strict",)),
+    "lint": ("check the files: render, parse and run squawk's risk rules on every file (a database is optional: "
+             "with --dsn the findings name live table sizes)", WHERE + ("strict",) + RISK),
+    "plan": ("compare the files with the history: what would apply, and the risk of each pending statement on the "
+             "live tables (--sql: the SQL exactly as it will be sent)", WHERE + ("strict",) + RISK),
     "status": ("applied, pending, missing and interrupted files", WHERE),
     "apply": ("apply the pending files, each with its history row in one transaction",
-              WHERE + ("lock_wait_timeout", "lock_timeout", "statement_timeout", "strict", "pool_mode")),
+              WHERE + ("lock_wait_timeout", "lock_timeout", "lock_retry_timeout", "statement_timeout", "strict",
+                       "pool_mode", "startup_role") + RISK),
     "resolve": ("settle an interrupted no-transaction file: FILE --retry or --mark-applied",
                 WHERE + ("lock_wait_timeout",)),
     "drift": ("compare the live schema with what the applied files produce (built in a scratch schema and "
@@ -54,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
             action.add_argument("--mark-applied", dest="action", action="store_const", const="mark-applied",
                                 help="the rest was finished by hand; record the file as applied")
         Settings.add_arguments(sub, settings)
+        if name == "plan":
+            sub.add_argument("--sql", action="store_true",
+                             help="print every pending file's rendered SQL exactly as it will be sent")
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -75,18 +82,36 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _lint(args, settings: Settings) -> int:
     files = load(settings.migrations_dir)
-    _, warnings = executor.lint_pending(files, settings)
+    rendered, warnings = executor.lint_pending(files, settings)
+    if args.dsn:
+        with connect(args.dsn) as conn:
+            report = risk.analyze(files, rendered, settings, conn)
+    else:
+        report = risk.analyze(files, rendered, settings)
     result = {"files": [m.filename for m in files], "checksums": {m.filename: m.checksum for m in files},
-              "warnings": [str(w) for w in warnings]}
-    _emit(args, result, f"{len(files)} file(s) OK" + _warnings_text(warnings))
+              "warnings": [str(w) for w in warnings], "findings": [f.as_dict() for f in report.findings],
+              "allowed": report.allowed}
+    _emit(args, result, f"{len(files)} file(s) OK" + _warnings_text(warnings) + _risk_text(report))
+    report.raise_for_errors(settings)
     return 0
+
+
+def _risk_text(report: "risk.RiskReport") -> str:
+    return "".join(f"\n{line}" for line in report.lines())
 
 
 def _plan_or_status(args, settings: Settings, conn) -> int:
     current = executor.status(conn, settings)
+    report = None
     if args.command == "plan":
-        _, current.warnings = executor.lint_pending(current.plan.pending, settings)
+        rendered, current.warnings = executor.lint_pending(current.plan.pending, settings)
+        report = risk.analyze(current.plan.pending, rendered, settings, conn)
+        if args.sql:
+            print(risk.rendered_sql(current.plan.pending, rendered, settings), end="", file=sys.stderr
+                  if args.json else sys.stdout)
     result = current.as_dict()
+    if report is not None:
+        result.update(findings=[f.as_dict() for f in report.findings], allowed=report.allowed)
     error = current.plan.mismatch_error() or (
         InterruptedMigrationError(current.interrupted, settings.module_name) if current.interrupted else None)
     text = (f"applied: {len(current.plan.applied)}, pending: {len(current.plan.pending)}"
@@ -94,7 +119,9 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
             + "".join(f"\n  recorded but missing on disk: {name}" for name in current.plan.missing)
             + "".join(f"\n  running now: {i.filename} (pid {i.pid})"
                       for i in current.inflight if i not in current.interrupted)
-            + _warnings_text(current.warnings))
+            + _warnings_text(current.warnings) + (_risk_text(report) if report else ""))
+    if report is not None and report.errors:
+        error = error or risk.RiskError(report.errors, settings)
     if error:
         result["error"] = str(error)
         _emit(args, result, text)
@@ -106,7 +133,7 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
 
 def _apply(args, settings: Settings, conn) -> int:
     progress = None if args.json else (lambda name: print(f"applied {name}", file=sys.stderr))
-    result = executor.apply(conn, settings, on_progress=progress)
+    result = executor.apply(conn, settings, on_progress=progress, on_event=lambda line: print(line, file=sys.stderr))
     _emit(args, result.as_dict(),
           f"{len(result.applied)} migration(s) applied, {len(result.skipped)} already applied "
           f"in {result.duration_ms:.0f} ms" + _warnings_text(result.warnings))

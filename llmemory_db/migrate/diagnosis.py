@@ -5,6 +5,7 @@ message text (it is translated when the server runs with another ``lc_messages``
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, List, Optional, Sequence
 
 import psycopg
@@ -102,3 +103,49 @@ def no_transaction_error(migration: Migration, settings: Settings, statement: li
     fail = failure(exc)
     return StatementError(migration.filename, line_in(statement, exc), statement.text, fail, committed,
                           remedy=remedy_for(fail, settings, statement.text), no_transaction=True)
+
+
+_BLOCKERS = """
+SELECT a.pid, a.usename, coalesce(nullif(a.application_name, ''), '-'), a.state,
+       date_trunc('second', now() - coalesce(a.xact_start, a.query_start)), left(regexp_replace(a.query, '\\s+', ' ', 'g'), 80)
+FROM unnest(pg_blocking_pids(%s)) AS b(pid) JOIN pg_stat_activity a ON a.pid = b.pid ORDER BY a.xact_start
+"""
+
+
+class BlockerWatch:
+    """Who blocks a migration while it waits for a lock: ``pg_blocking_pids`` of its backend, read from a second
+    connection. That connection is opened only once the migration has been running for ``delay`` seconds (a
+    quick migration never opens it), and closed when :meth:`stop` is called."""
+
+    def __init__(self, conn: psycopg.Connection, delay: float) -> None:
+        self.pid, self.delay = conn.info.backend_pid, delay
+        self.params = dict(conn.info.get_parameters(), password=conn.info.password or "")
+        self.blockers: List[tuple] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="lock-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        if self._stop.wait(self.delay):
+            return
+        try:
+            with psycopg.connect(autocommit=True, connect_timeout=5, application_name="llmemory-db-lock-watch",
+                                 **{k: v for k, v in self.params.items() if v}) as conn:
+                while not self._stop.is_set():
+                    rows = conn.execute(_BLOCKERS, (self.pid,)).fetchall()
+                    if rows:
+                        self.blockers = rows
+                    self._stop.wait(0.1)
+        except psycopg.Error:
+            pass  # the watch is a courtesy: the migration's own error still says what happened
+
+    def stop(self) -> "BlockerWatch":
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self
+
+    def describe(self) -> str:
+        if not self.blockers:
+            return "the blocking session was not seen (it ended, or the lock was wanted only briefly)"
+        return "; ".join(f"pid {pid} (user {user}, application {app}, {state}, transaction age {age}, "
+                         f"query: {query!r})" for pid, user, app, state, age, query in self.blockers)

@@ -146,6 +146,22 @@ class StatementError(MigrationError):
                          file=file, line=line)
 
 
+class LockRetryError(MigrationError):
+    """A transactional migration failed on lock_timeout on every attempt until lock_retry_timeout ran out."""
+
+    def __init__(self, error: "StatementError", attempts: int, seconds: float, blocker: str) -> None:
+        self.statement_error, self.attempts, self.blocker = error, attempts, blocker
+        self.sqlstate = error.sqlstate
+        super().__init__(
+            f"{error.message}\n  gave up after {attempts} attempt(s) in {seconds:.0f}s: every attempt waited "
+            f"longer than lock_timeout for a lock; blocked by {blocker}",
+            file=error.file, line=error.line,
+            remedy="let the blocking session finish, or end it (SELECT pg_terminate_backend(<pid>)), then run "
+                   "again; or raise lock_retry_timeout (llmemory-db:lockRetryTimeout, --lock-retry-timeout) to "
+                   "keep retrying for longer. Raising lock_timeout instead makes the application queue behind "
+                   "the waiting migration for that long")
+
+
 class LockTimeoutError(MigrationError):
     """Another session held the module's advisory lock for longer than the lock timeout."""
 

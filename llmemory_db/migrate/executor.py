@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -17,7 +18,8 @@ from psycopg import sql
 from . import diagnosis
 from . import lint as lint_mod
 from .connection import pooler
-from .errors import (ConnectionLostError, Inflight, LintError, LintIssue, MigrationError, PoolerError)
+from .errors import (ConnectionLostError, Inflight, LintError, LintIssue, LockRetryError, MigrationError,
+                     PoolerError, StatementError)
 from .files import Migration, load
 from .history import APPLIED_MARK, BUSY_MARK, HistoryStore, marked, ms, rollback
 from .plan import Plan, plan
@@ -127,10 +129,14 @@ def settings_sql(settings: Settings) -> List[sql.Composable]:
 
 
 def apply(conn: psycopg.Connection, settings: Settings, *,
-          on_progress: Optional[Callable[[str], None]] = None) -> ApplyResult:
-    """Apply every pending migration of ``settings``; each with its history row in one transaction."""
+          on_progress: Optional[Callable[[str], None]] = None,
+          on_event: Optional[Callable[[str], None]] = None) -> ApplyResult:
+    """Apply every pending migration of ``settings``; each with its history row in one transaction.
+
+    ``on_progress(filename)`` after each applied file; ``on_event(line)`` for what the user should see while it
+    runs (a lock wait and its retry)."""
     try:
-        return _apply(conn, settings, on_progress)
+        return _apply(conn, settings, on_progress, on_event or (lambda _: None))
     except psycopg.Error as exc:  # outside a migration's statements: history table, lock, catalog queries
         fail = diagnosis.failure(exc)
         raise MigrationError(
@@ -139,8 +145,8 @@ def apply(conn: psycopg.Connection, settings: Settings, *,
             remedy=diagnosis.remedy_for(fail, settings) if fail.sqlstate else "check the server log") from None
 
 
-def _apply(conn: psycopg.Connection, settings: Settings,
-           on_progress: Optional[Callable[[str], None]]) -> ApplyResult:
+def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[Callable[[str], None]],
+           on_event: Callable[[str], None]) -> ApplyResult:
     started = time.perf_counter()
     store = HistoryStore(conn, settings)
     files = load(settings.migrations_dir)
@@ -150,6 +156,9 @@ def _apply(conn: psycopg.Connection, settings: Settings,
         with store.locked():
             store.raise_for_inflight()
     rendered, warnings = lint_pending(current.plan.pending, settings)
+    if settings.risk_policy == "deny" and current.plan.pending:
+        from .risk import analyze  # squawk runs only for the deny policy: a plain apply stays one round trip
+        analyze(current.plan.pending, rendered, settings, conn).raise_for_errors(settings)
     if settings.schema and current.plan.pending and not store.schema_exists(settings.schema):
         raise MigrationError(
             f'schema "{settings.schema}" does not exist',
@@ -172,9 +181,8 @@ def _apply(conn: psycopg.Connection, settings: Settings,
     applied: List[str] = []
     skipped: List[str] = [m.filename for m in current.plan.applied]
     for migration in current.plan.pending:
-        strategy = _apply_no_transaction if migration.no_transaction else _apply_in_transaction
         try:
-            done = strategy(store, migration, rendered[migration.filename], applied, with_version)
+            done = _apply_retrying(store, migration, rendered[migration.filename], applied, with_version, on_event)
         except psycopg.OperationalError as exc:
             if conn.broken or conn.closed:
                 raise ConnectionLostError(migration.filename, str(exc).strip() or type(exc).__name__, applied,
@@ -187,6 +195,47 @@ def _apply(conn: psycopg.Connection, settings: Settings,
     revoked += ensure_startup_role(conn, settings)  # and what pgdbm at start-up needs
     return ApplyResult(applied, skipped, current.plan.checksums, current.plan.missing, warnings,
                        (time.perf_counter() - started) * 1000, revoked)
+
+
+RETRY_FIRST_DELAY = 0.5   # seconds before the second attempt; doubles, with jitter, up to RETRY_MAX_DELAY
+RETRY_MAX_DELAY = 8.0
+
+
+def retry_delay(attempt: int) -> float:
+    """Bounded exponential backoff with jitter: ~0.5, 1, 2, 4, 8, 8, ... seconds (±25%)."""
+    return min(RETRY_MAX_DELAY, RETRY_FIRST_DELAY * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
+
+
+def _apply_retrying(store: HistoryStore, migration: Migration, rendered: str, committed: List[str],
+                    with_version: bool, on_event: Callable[[str], None]) -> bool:
+    """A transactional file that fails on lock_timeout (55P03) rolled back whole: retry it, with backoff, until
+    lock_retry_timeout. Each attempt names the session it waited for (pg_blocking_pids, read while it waits).
+    A no-transaction file is never retried (a failed CREATE INDEX CONCURRENTLY leaves an INVALID index)."""
+    settings = store.settings
+    if migration.no_transaction:
+        return _apply_no_transaction(store, migration, rendered, committed, with_version)
+    started, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
+        watch = diagnosis.BlockerWatch(store.conn, min(0.5, settings.lock_timeout / 2)) \
+            if settings.lock_timeout else None
+        try:
+            return _apply_in_transaction(store, migration, rendered, committed, with_version)
+        except StatementError as exc:
+            if exc.sqlstate != "55P03" or watch is None:
+                raise
+            blocker = watch.stop().describe()
+            elapsed = time.monotonic() - started
+            delay = retry_delay(attempt)
+            if elapsed + delay > settings.lock_retry_timeout:
+                raise LockRetryError(exc, attempt, elapsed, blocker) from None
+            on_event(f"lock wait: {migration.filename} (attempt {attempt}) gave up after "
+                     f"{settings.lock_timeout:g}s waiting for a lock (line {exc.line}); blocked by {blocker}; "
+                     f"retrying in {delay:.1f}s (until {settings.lock_retry_timeout:g}s)")
+            time.sleep(delay)
+        finally:
+            if watch is not None:
+                watch.stop()
 
 
 def _apply_in_transaction(store: HistoryStore, migration: Migration, rendered: str, committed: List[str],

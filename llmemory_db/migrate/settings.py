@@ -57,14 +57,25 @@ class Settings:
     lock_wait_timeout: float = field(default=60.0, metadata=_meta(
         "seconds to wait for the module's migration lock (pgdbm's advisory lock); 0 = as long as it takes",
         "--lock-wait", "lockWaitTimeout"))
-    lock_timeout: Optional[float] = field(default=None, metadata=_meta(
-        "PostgreSQL lock_timeout in seconds while a migration runs; 0 or none = wait for locks forever",
-        "--lock-timeout", "lockTimeout"))
+    lock_timeout: Optional[float] = field(default=2.0, metadata=_meta(
+        "PostgreSQL lock_timeout in seconds for each statement of a transactional migration: a statement that "
+        "waits longer for a table lock gives up (and the file is retried) instead of queueing the application "
+        "behind it; 0 = wait forever", "--lock-timeout", "lockTimeout"))
+    lock_retry_timeout: float = field(default=60.0, metadata=_meta(
+        "seconds to keep retrying a transactional migration that failed on lock_timeout (bounded exponential "
+        "backoff with jitter; the file's transaction rolled back); 0 = do not retry", "--lock-retry-timeout",
+        "lockRetryTimeout"))
     statement_timeout: Optional[float] = field(default=None, metadata=_meta(
         "PostgreSQL statement_timeout in seconds while a migration runs; 0 = none; unset = the role's default",
         "--statement-timeout", "statementTimeout"))
     strict: bool = field(default=False, metadata=_meta(
         "lint warnings in pending files are errors", "--strict", "strict"))
+    risk_policy: str = field(default="warn", metadata=_meta(
+        "risky statements (squawk's rules) on tables that hold data: warn, or deny (refuse before anything runs)",
+        "--risk-policy", "riskPolicy", choices=("warn", "deny")))
+    risk_min_rows: int = field(default=100_000, metadata=_meta(
+        "with risk_policy deny: the estimated rows from which a risky statement is refused (a table of unknown "
+        "size counts as large)", "--risk-min-rows", "riskMinRows"))
     pool_mode: str = field(default="auto", metadata=_meta(
         "the endpoint: auto (detect a pooler: no-transaction files are refused through one), session or "
         "transaction", "--pool-mode", "poolMode", choices=POOL_MODES))
@@ -102,7 +113,13 @@ class Settings:
         if self.pool_mode not in POOL_MODES:
             raise MigrationError(f"Invalid pool mode {self.pool_mode!r}: use one of {', '.join(POOL_MODES)}",
                                  remedy="auto detects a pooler; session or transaction declare the endpoint's mode")
-        for name in ("lock_wait_timeout", "lock_timeout", "statement_timeout"):
+        if self.risk_policy not in ("warn", "deny"):
+            raise MigrationError(f"Invalid risk_policy {self.risk_policy!r}: use warn or deny",
+                                 remedy="warn prints the risky statements; deny refuses them on large tables")
+        if isinstance(self.risk_min_rows, bool) or not isinstance(self.risk_min_rows, int) or self.risk_min_rows < 0:
+            raise MigrationError(f"Invalid risk_min_rows {self.risk_min_rows!r}: a whole number of rows >= 0 is "
+                                 "required", remedy="for example 100000")
+        for name in ("lock_wait_timeout", "lock_timeout", "statement_timeout", "lock_retry_timeout"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise MigrationError(f"Invalid {name} {value!r}: a number of seconds >= 0 is required",
@@ -225,8 +242,10 @@ class Settings:
             if f.name not in props or props[f.name] is None:
                 continue
             value = props[f.name]
-            if f.name in ("lock_wait_timeout", "lock_timeout", "statement_timeout"):
+            if f.name.endswith("timeout"):
                 value = float(value)
+            elif f.name == "risk_min_rows":
+                value = int(value)
             elif f.name == "extensions":
                 value = tuple(value)
             values[f.name] = value
@@ -247,9 +266,12 @@ class Settings:
             elif f.name.endswith("timeout"):
                 parser.add_argument(flag, dest=f.name, type=float, default=None, metavar="SECONDS",
                                     help=f"{help_text} (default: {default if default is not None else 'unset'})")
+            elif f.name == "risk_min_rows":
+                parser.add_argument(flag, dest=f.name, type=int, default=None, metavar="ROWS",
+                                    help=f"{help_text} (default: {default:,})")
             else:
                 parser.add_argument(flag, dest=f.name, default=None, choices=f.metadata.get("choices"),
-                                    help=f"{help_text} (default: {default if default is not None else 'none'})")
+                                    help=help_text + (f" (default: {default})" if default is not None else ""))
 
     @classmethod
     def from_cli(cls, namespace: argparse.Namespace) -> "Settings":
@@ -291,6 +313,11 @@ def _parse_config(f: "dataclasses.Field", key: str, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise wrong("a number of seconds") from None
+    if f.name == "risk_min_rows":
+        try:
+            return int(raw)
+        except ValueError:
+            raise wrong("a whole number of rows") from None
     if f.name == "extensions":
         try:
             value = json.loads(raw)

@@ -1,0 +1,3 @@
+-- NOT NULL without a scan under an ACCESS EXCLUSIVE lock: first a CHECK constraint, NOT VALID ...
+ALTER TABLE {{tables.documents}}
+    ADD CONSTRAINT documents_title_not_null CHECK (title IS NOT NULL) NOT VALID;
