@@ -28,6 +28,8 @@ def test_lint_needs_no_database(tmp_path):
     result = cli("lint", "--dir", tmp_path, "--schema", "s", "--json", "--dsn", "host=does-not-exist")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["files"] == ["001_a.sql"]
+    result = cli("lint", "--dir", tmp_path, "--schema", "s", "--dsn", "host=does-not-exist")
+    assert result.returncode == 0 and "live table sizes not read: Cannot connect to PostgreSQL" in result.stdout
 
 
 def test_lint_failure_exit_code_and_message(tmp_path):
