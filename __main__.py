@@ -23,7 +23,7 @@ if config.get_bool("createRuntimeRoles"):
 
 db = MigratedSchema(
     "llmemory",
-    MigratedSchemaArgs.from_settings(settings, runtime_roles=runtime_roles),
+    MigratedSchemaArgs.from_settings(settings, runtime_roles=runtime_roles, adopt=config.get_bool("adopt") or False),
     opts=pulumi.ResourceOptions(depends_on=roles),
 )
 

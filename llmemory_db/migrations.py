@@ -78,6 +78,8 @@ class MigrationsArgs:
     accept_schema_drift: bool = _DEFAULT.accept_schema_drift
     startup_role: Optional[str] = None         # the role an application's pgdbm runs its start-up check as
     startup_guard: bool = _DEFAULT.startup_guard
+    baseline: Optional[str] = None             # adopt a schema made without a history: the version it is at
+    baseline_trust: bool = _DEFAULT.baseline_trust
 
     def settings(self) -> Settings:
         return Settings.from_object(self)

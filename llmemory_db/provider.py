@@ -186,6 +186,8 @@ class MigrationsProvider(ResourceProvider):
             rendered, warnings = migrate.lint_pending(pending, settings)
             for warning in warnings:
                 print(f"warning: {warning}")
+            if pending and not applied:
+                self._adoption(pending, settings, news)
             if pending:
                 report = self._risk(pending, rendered, settings, news)
                 for line in report.lines():
@@ -196,14 +198,42 @@ class MigrationsProvider(ResourceProvider):
         return CheckResult(news, failures)
 
     @staticmethod
-    def _risk(pending, rendered, settings: Settings, props: Dict[str, Any]):
+    def _live(props: Dict[str, Any]):
+        """A connection for what only the live database can tell at preview, or None when its settings are not
+        known yet (computed by another resource) or it does not answer (not created yet)."""
+        if any(props.get(key) == UNKNOWN for key in CONNECTION):
+            return None
+        try:
+            return connect(props, retries=0)
+        except migrate.ConnectionFailedError:
+            return None
+
+    def _adoption(self, files, settings: Settings, props: Dict[str, Any]) -> None:
+        """A first deployment onto a schema that exists already: refused, unless a baseline is set and proven
+        (the proof is applied to a scratch schema and rolled back)."""
+        conn = self._live(props)
+        if conn is None:
+            return
+        with conn:
+            if migrate.read_history(conn, settings) if migrate.HistoryStore(conn, settings).exists() else {}:
+                return
+            if not settings.baseline:
+                migrate.refuse_unknown(conn, settings, files)
+            elif settings.baseline_trust:
+                print(f"migrations {resource_id(props)}: baseline {settings.baseline}: TRUSTED WITHOUT PROOF (the "
+                      "live schema is not compared with the files)")
+            else:
+                upto = migrate.adoption.files_up_to(files, settings.baseline)
+                migrate.adoption.verify_baseline(conn, settings, upto, settings.baseline)
+                print(f"migrations {resource_id(props)}: baseline {settings.baseline}: the live schema matches "
+                      f"{upto[0].filename}…{upto[-1].filename}; up records them as applied without running them")
+
+    @classmethod
+    def _risk(cls, pending, rendered, settings: Settings, props: Dict[str, Any]):
         """squawk's findings on the pending files, with live table sizes when the database answers (a preview
         whose connection is not known yet, or a server not reachable yet, gets squawk's findings alone)."""
-        if any(props.get(key) == UNKNOWN for key in CONNECTION):
-            return migrate.analyze(pending, rendered, settings)
-        try:
-            conn = connect(props, retries=0)
-        except migrate.ConnectionFailedError:
+        conn = cls._live(props)
+        if conn is None:
             return migrate.analyze(pending, rendered, settings)
         with conn:
             return migrate.analyze(pending, rendered, settings, conn)
@@ -280,6 +310,8 @@ class MigrationsProvider(ResourceProvider):
                     pending=[m.filename for m in current.plan.pending], missing=current.plan.missing,
                     drift=(drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else []) + leaks,
                     interrupted=[i.describe() for i in current.interrupted])
+        if "objects" not in props:  # adopted by an import: the live schema becomes the recorded fingerprint
+            outs.update(objects=live, fingerprint=drift_mod.fingerprint(live), schema_name=settings.schema_name)
         inputs = {key: props[key] for key in props if key in INPUTS}
         return ReadResult(id_=id_, outs=outs, inputs=inputs)
 

@@ -44,11 +44,17 @@ class MigratedSchemaArgs(MigrationsArgs):
     provider:        a ``pulumi_postgresql.Provider`` for the schema/extension/grant resources
     drop_on_destroy: ``pulumi destroy`` drops the schema and forgets the module's history (default: keep data)
     accept_schema_drift: on the next update record the live schema as it is instead of stopping on drift
+    adopt:           an existing deployment without Pulumi state (state lost, or another tool): import the schema
+                     and the extensions instead of creating them; the migrations resource finds its files recorded
+                     and applies nothing; grants are re-applied (idempotent). Set it for one ``pulumi up``.
+    baseline:        a schema made without a history (by hand, ``psql -f``): the version it is at; proven against
+                     the files before they are recorded as applied
     """
 
     extensions: Sequence[str] = ("vector",)
     runtime_roles: Sequence[str] = ()
     provider: Optional[postgresql.Provider] = None
+    adopt: bool = False  # import the schema, the extensions and the migrations' history instead of creating them
 
 
 class MigratedSchema(pulumi.ComponentResource):
@@ -87,9 +93,13 @@ class MigratedSchema(pulumi.ComponentResource):
             opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(previous)))
             return pulumi.ResourceOptions.merge(opts, extra) if extra else opts
 
+        def adopting(resource_id: str) -> Optional[pulumi.ResourceOptions]:
+            return pulumi.ResourceOptions(import_=resource_id) if args.adopt else None
+
         if args.schema:
             after(postgresql.Schema(f"{name}-schema", name=args.schema, database=database, if_not_exists=True,
-                                    drop_cascade=args.drop_on_destroy, opts=chained(keep)))
+                                    drop_cascade=args.drop_on_destroy, opts=chained(pulumi.ResourceOptions.merge(
+                                        keep, adopting(f"{database}.{args.schema}")))))
         for extension in args.extensions:
             # shared by everything in the database: created if missing, never dropped by destroy
             key = (id(args.provider), str(database), extension)
@@ -97,7 +107,8 @@ class MigratedSchema(pulumi.ComponentResource):
                 check = ExtensionCheck(f"{name}-ext-{extension}-check", extension, args.connection, opts=chained())
                 _EXTENSIONS[key] = postgresql.Extension(
                     f"{name}-ext-{extension}", name=extension, schema="public", database=database,
-                    opts=chained(pulumi.ResourceOptions(retain_on_delete=True, depends_on=[check])))
+                    opts=chained(pulumi.ResourceOptions.merge(pulumi.ResourceOptions(
+                        retain_on_delete=True, depends_on=[check]), adopting(f"{database}.{extension}"))))
             after(_EXTENSIONS[key])
         # grants run one after the other: parallel GRANTs on one catalog row fail with "tuple concurrently updated"
         startup = args.startup_role
@@ -119,8 +130,9 @@ class MigratedSchema(pulumi.ComponentResource):
                     f"{name}-{role}-default-sequences", database=database, role=role, schema=schema_name,
                     owner=conn.username, object_type="sequence", privileges=SEQUENCE_PRIVILEGES, opts=chained()))
 
-        migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(),
-                                      validated=validated))
+        # (never imported: the Python dynamic-provider host cannot read a resource it has no pickled provider for;
+        # created over an existing history it applies nothing, reads the history back and records the schema)
+        migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(), validated=validated))
         history_schema, history_name = settings.history_parts
         managed = migrations.managed_objects
 

@@ -2,6 +2,7 @@
 copies it replaced (lock_wait_timeout=0 became 60 s and statement_timeout=0 was dropped under Pulumi)."""
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,7 @@ def test_one_default_per_setting():
     """MigrationsArgs, the CLI and Pulumi.yaml take their defaults from Settings (schema: the stack's own)."""
     from llmemory_db import MigrationsArgs
     defaults = Settings.defaults()
+    assert set(defaults) <= {f.name for f in dataclasses.fields(MigrationsArgs)}  # every setting is an argument
     for f in dataclasses.fields(MigrationsArgs):
         if f.name in defaults:
             assert f.default == defaults[f.name], f.name
@@ -95,8 +97,11 @@ def test_one_default_per_setting():
         assert not (key in ("migrationsDir", "moduleName", "historyTable") and spec.get("default")), key
         if key in keys and key != "schema" and spec.get("default") not in (None, ""):
             default = defaults[keys[key]]
-            assert spec["default"] == (list(default) if isinstance(default, tuple) else default) or \
-                (key == "extensions" and spec["default"] == ["vector"]), key
+            declared = spec["default"]
+            read = Settings.from_config({key: declared if isinstance(declared, str) else
+                                         json.dumps(declared) if isinstance(declared, list) else
+                                         str(declared).lower()}.get)
+            assert getattr(read, keys[key]) == default or (key == "extensions" and declared == ["vector"]), key
 
 
 def test_invalid_settings_name_the_setting():

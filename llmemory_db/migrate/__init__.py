@@ -13,12 +13,15 @@ One responsibility per module, in the order data flows:
 - ``diagnosis``   where a migration failed and the remedy, by SQLSTATE
 - ``risk``        squawk's findings on pending files, with live table sizes; the deny policy
 - ``drift``       catalog fingerprints, the drift check, the files' schema proven on a scratch schema
+- ``adoption``    existing databases: refuse the unknown, a proven baseline, copying a pgdbm history
 - ``objects``     which objects the migrations create (grants, drift scope)
 - ``extensions``  extensions present or creatable, else the remedy
 - ``source``      migrations shipped inside an installed package (a pgdbm library)
 - ``startup``     the role an application's pgdbm runs its start-up check as, and its guard
 - ``cli``         ``python -m llmemory_db.migrate``
 """
+from .adoption import (BaselineMismatchError, BaselineResult, UnknownSchemaError, baseline, copy_history,
+                       refuse_unknown)
 from .connection import connect, pooler, scrub
 from .drift import DriftReport, SchemaDriftError, check_drift
 from .errors import (ChecksumMismatchError, ConnectionFailedError, ConnectionLostError, DuplicateVersionError, Inflight,

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional
 
-from . import drift, executor, risk
+from . import adoption, drift, executor, risk
 from .connection import connect
 from .errors import ConnectionFailedError, InterruptedMigrationError, MigrationError
 from .files import load
@@ -35,6 +35,12 @@ COMMANDS: Dict[str, tuple] = {
                 WHERE + ("lock_wait_timeout",)),
     "drift": ("compare the live schema with what the applied files produce (built in a scratch schema and "
               "rolled back); exit 1 on differences", WHERE + ("extensions",)),
+    "baseline": ("adopt an existing schema: record the files up to VERSION as applied without running them, once "
+                 "the live schema is proven to be what they produce", WHERE + ("extensions", "baseline_trust",
+                                                                             "lock_wait_timeout")),
+    "copy-history": ("adopt the history of a pgdbm application kept under another module name or in another "
+                     "history table: copy its rows (checksums verified, idempotent, one transaction)",
+                     WHERE + ("lock_wait_timeout",)),
 }
 
 
@@ -50,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--dsn", default=os.environ.get("DATABASE_URL", ""),
                              help="connection string (default $DATABASE_URL, else libpq's PG* variables)")
+        if name == "baseline":
+            sub.add_argument("version", help="the version (or file name) of the last file the live schema has")
+        if name == "copy-history":
+            sub.add_argument("--from-module", help="the module name the rows were recorded under")
+            sub.add_argument("--from-history-table", help="the history table they are in (schema.table)")
         if name == "resolve":
             sub.add_argument("file", help="the interrupted migration file, e.g. 002_index.sql")
             action = sub.add_mutually_exclusive_group(required=True)
@@ -165,8 +176,23 @@ def _drift(args, settings: Settings, conn) -> int:
     return 0
 
 
+def _baseline(args, settings: Settings, conn) -> int:
+    result = adoption.baseline(conn, settings, args.version, trust=settings.baseline_trust)
+    _emit(args, {"baselined": result.recorded, "proven": result.proven, "message": result.message,
+                 "seconds": round(result.seconds, 3)}, result.message)
+    return 0
+
+
+def _copy_history(args, settings: Settings, conn) -> int:
+    copied = adoption.copy_history(conn, settings, args.from_module, args.from_history_table)
+    _emit(args, {"copied": copied}, f"copied {len(copied)} history row(s) into {settings.history_display} "
+                                    f"(module {settings.module_name})" + "".join(f"\n  {name}" for name in copied))
+    return 0
+
+
 RUN: Dict[str, Callable[..., int]] = {"plan": _plan_or_status, "status": _plan_or_status, "apply": _apply,
-                                      "resolve": _resolve, "drift": _drift}
+                                      "resolve": _resolve, "drift": _drift, "baseline": _baseline,
+                                      "copy-history": _copy_history}
 
 
 def _warnings_text(warnings) -> str:

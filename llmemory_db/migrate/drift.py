@@ -9,6 +9,7 @@ applications' objects in ``public`` are never drift.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
@@ -225,6 +226,7 @@ def check_drift(conn: psycopg.Connection, settings: Settings, managed: ManagedOb
 # --------------------------------------------------------------------------- the files' schema, proven on a scratch
 
 SCRATCH_PREFIX = "llmdb_scratch_"
+_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.IGNORECASE)
 SCRATCH_LOCK_TIMEOUT = "2s"        # the scratch apply never waits long for a lock (it needs none on live tables)
 SCRATCH_STATEMENT_TIMEOUT = "60s"
 
@@ -234,7 +236,9 @@ def expected_objects(conn: psycopg.Connection, settings: Settings, files: Sequen
     scratch schema and applied inside a transaction on the same server, inspected, and rolled back (nothing is
     left behind; short lock and statement timeouts; the migration role's rights only)."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
-    rendered = [render(m.sql, scratch, m.filename) for m in files]
+    # on the scratch's empty tables CONCURRENTLY buys nothing, and it cannot run in the proof's transaction
+    rendered = [_CONCURRENTLY.sub("", render(m.sql, scratch, m.filename)) if m.no_transaction
+                else render(m.sql, scratch, m.filename) for m in files]
     standalone = [render(m.sql, settings.schema, m.filename) for m in files]
     managed = managed_objects(standalone, settings.schema)
     conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; "

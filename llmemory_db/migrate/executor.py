@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import psycopg
 from psycopg import sql
 
-from . import diagnosis
+from . import adoption, diagnosis
 from . import lint as lint_mod
 from .connection import pooler
 from .errors import (ConnectionLostError, Inflight, LintError, LintIssue, LockRetryError, MigrationError,
@@ -65,9 +65,10 @@ class ApplyResult:
     warnings: List[LintIssue] = field(default_factory=list)
     duration_ms: float = 0.0
     revoked: List[str] = field(default_factory=list)  # privileges on the history that default privileges gave
+    baselined: List[str] = field(default_factory=list)  # recorded as applied by a baseline (not run)
 
     def as_dict(self) -> dict:
-        return {"applied": self.applied, "skipped": self.skipped, "pending": [],
+        return {"applied": self.applied, "skipped": self.skipped, "pending": [], "baselined": self.baselined,
                 "checksums": self.checksums, "missing": self.missing, "revoked": self.revoked,
                 "warnings": [str(w) for w in self.warnings], "duration_ms": round(self.duration_ms, 1)}
 
@@ -156,6 +157,15 @@ def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[C
         with store.locked():
             store.raise_for_inflight()
     rendered, warnings = lint_pending(current.plan.pending, settings)
+    adopted: List[str] = []
+    if not (current.plan.applied or current.plan.missing) and current.plan.pending:  # no history of the module
+        if settings.baseline:
+            result = adoption.baseline(conn, settings, settings.baseline, trust=settings.baseline_trust, files=files)
+            on_event(result.message)
+            adopted = result.recorded
+            current = status(conn, settings, files)
+        else:
+            adoption.refuse_unknown(conn, settings, files)
     if settings.risk_policy == "deny" and current.plan.pending:
         from .risk import analyze  # squawk runs only for the deny policy: a plain apply stays one round trip
         analyze(current.plan.pending, rendered, settings, conn).raise_for_errors(settings)
@@ -179,7 +189,7 @@ def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[C
         store.create()
     with_version = store.has_version_column()
     applied: List[str] = []
-    skipped: List[str] = [m.filename for m in current.plan.applied]
+    skipped: List[str] = [m.filename for m in current.plan.applied if m.filename not in adopted]
     for migration in current.plan.pending:
         try:
             done = _apply_retrying(store, migration, rendered[migration.filename], applied, with_version, on_event)
@@ -194,7 +204,7 @@ def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[C
     revoked = store.strip_default_privileges()  # no role but the migrations' may write the history
     revoked += ensure_startup_role(conn, settings)  # and what pgdbm at start-up needs
     return ApplyResult(applied, skipped, current.plan.checksums, current.plan.missing, warnings,
-                       (time.perf_counter() - started) * 1000, revoked)
+                       (time.perf_counter() - started) * 1000, revoked, adopted)
 
 
 RETRY_FIRST_DELAY = 0.5   # seconds before the second attempt; doubles, with jitter, up to RETRY_MAX_DELAY

@@ -90,6 +90,12 @@ class Settings:
         "with a start-up role: an event trigger and a history trigger let that role run pgdbm's no-op check "
         "and nothing else (no DDL, no history writes); needs a superuser or a managed service's admin",
         None, "startupGuard"))
+    baseline: Optional[str] = field(default=None, metadata=_meta(
+        "adopt an existing schema: record the files up to this version as applied without running them, once the "
+        "live schema is proven to be what they produce (a module that has a history already: nothing to do)",
+        None, "baseline"))
+    baseline_trust: bool = field(default=False, metadata=_meta(
+        "with baseline: record without the proof (at your own risk; said loudly)", "--trust", "baselineTrust"))
     drop_on_destroy: bool = field(default=False, metadata=_meta(
         "pulumi destroy drops the schema (standalone: the module's tables) and forgets the history",
         None, "dropOnDestroy"))
@@ -99,7 +105,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extensions", tuple(self.extensions or ()))
-        for name in ("schema", "migrations_package", "startup_role"):  # "" (stack config's unset) = none
+        for name in ("schema", "migrations_package", "startup_role", "baseline"):  # "" (config's unset) = none
             if getattr(self, name) == "":
                 object.__setattr__(self, name, None)
         self._resolve_defaults()
