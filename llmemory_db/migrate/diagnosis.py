@@ -84,6 +84,10 @@ def statement_error(conn: psycopg.Connection, settings: Settings, migration: Mig
     elif replay is not None:
         try:
             replay()
+            if fail.sqlstate == "55P03":
+                # the statement that waited for a lock fails again at once, without queueing the application a
+                # second time behind its lock request
+                conn.execute("SET LOCAL lock_timeout = '10ms'")
             for statement in statements:
                 try:
                     conn.execute(statement.text)
@@ -128,9 +132,10 @@ class BlockerWatch:
     def _watch(self) -> None:
         if self._stop.wait(self.delay):
             return
+        params = {k: v for k, v in self.params.items() if v}
+        params.update(connect_timeout=5, application_name="llmemory-db-lock-watch")
         try:
-            with psycopg.connect(autocommit=True, connect_timeout=5, application_name="llmemory-db-lock-watch",
-                                 **{k: v for k, v in self.params.items() if v}) as conn:
+            with psycopg.connect(autocommit=True, **params) as conn:
                 while not self._stop.is_set():
                     rows = conn.execute(_BLOCKERS, (self.pid,)).fetchall()
                     if rows:
