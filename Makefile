@@ -18,14 +18,15 @@ ifneq ($(filter $(STACK),dev llmemory),)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv app-venv toolchain pgbouncer db-start db-stop up preview drift destroy recover test test-fast bench clean
+.PHONY: help venv app-venv toolchain pgbouncer db-start db-stop up preview drift destroy recover test test-fast bench bench-pileup clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
 	@echo "make preview    pulumi preview for STACK=...   make drift   fail on drift for STACK=..."
 	@echo "make db-start | db-stop   the embedded PostgreSQL"
 	@echo "make recover    after a killed pulumi up: clear its lock and pending operations, then make up"
-	@echo "make bench      side-by-side benchmark (engine, psql floor, pgdbm, dbmate, yoyo, pulumi)"
+	@echo "make bench      side-by-side benchmark (engine, psql floor, pgdbm, dbmate, yoyo, pulumi, lock pile-up)"
+	@echo "make bench-pileup   its lock-queue pile-up section alone (PILEUP_ARGS=\"--reps 1\")"
 
 # Python environment, rebuilt when requirements.txt changes
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -83,15 +84,22 @@ test: venv toolchain pgbouncer app-venv
 test-fast: venv
 	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
 
-# side-by-side benchmark (about 15 minutes): bench/results.json, docs/bench-*.png; numbers go in the README
+# side-by-side benchmark (about 20 minutes): bench/results.json, bench/pileup-results.json, docs/bench-*.png;
+# numbers go in the README
 bench: venv toolchain
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	@test -d $(STATE)/flyway/lib || { command -v mvn >/dev/null && echo "[bench] fetching Flyway's jars with mvn" && \
 	  mvn -q -f bench/flyway/pom.xml dependency:copy-dependencies -DoutputDirectory=$(STATE)/flyway/lib; } || \
 	  echo "[bench] no Flyway (mvn missing or failed): it is skipped"
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.bench $(BENCH_ARGS)
+	@$(PY) -m bench.pileup $(PILEUP_ARGS)
 	@$(PY) -m bench.plot
 	@$(PY) -m bench.report
+
+# the lock-queue pile-up section alone (about 5 minutes): bench/pileup-results.json, docs/bench-pileup.png
+bench-pileup: venv
+	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	@$(PY) -m bench.pileup $(PILEUP_ARGS)
 
 clean: db-stop
 	rm -rf $(STATE) $(VENV)

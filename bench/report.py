@@ -51,6 +51,10 @@ def main() -> int:
                 + " |"]
     if r.get("not_measured"):
         out += [""] + [f"Not measured: {tool}: {why}" for tool, why in r["not_measured"].items()]
+    pileup_results = ROOT / "bench" / "pileup-results.json"
+    if pileup_results.exists():  # python -m bench.pileup (part of make bench)
+        from bench.pileup import table
+        out += ["", "Lock-queue pile-up (`python -m bench.pileup`):", "", table(json.loads(pileup_results.read_text()))]
     print("\n".join(out))
     return 0
 
