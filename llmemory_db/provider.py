@@ -264,7 +264,8 @@ class MigrationsProvider(ResourceProvider):
                               "this update")
                     if report.accepted:
                         print("migrations: accepted schema drift:\n  " + "\n  ".join(report.differences))
-                result = migrate.apply(conn, settings, on_event=print)
+                # known: this stack recorded the schema here before (a history reset since is the spec's dev reset)
+                result = migrate.apply(conn, settings, on_event=print, known=recorded is not None)
                 objects = drift_mod.inspect_target(conn, settings, managed)
         except MigrationError as exc:
             raise fail(exc) from None

@@ -193,7 +193,7 @@ def test_two_schemas_in_one_stack_and_colliding_histories_rejected(env):
     assert env.tables("tenant_a") == env.tables("tenant_b") == ["chunks", "documents"]
     assert len(env.history(module="mem_a")) == len(env.history(module="mem_b")) == 2
 
-    clash = env.stack([{"name": "a", "schema": "tenant_a"}, {"name": "b", "schema": "tenant_b"}], "clash")
+    clash = env.stack([{"name": "a", "schema": "tenant_c"}, {"name": "b", "schema": "tenant_d"}], "clash")
     with pytest.raises(auto.CommandError) as info:
         env.preview(clash)
     assert "would share the history of module 'aword_memory'" in str(info.value)

@@ -90,11 +90,11 @@ class Race:
     def run(self, timeout=300):
         started = time.monotonic()
         procs = [(label, subprocess.Popen(argv, cwd=cwd, env=self.env, text=True, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT)) for label, argv, cwd in self.commands]
+                                          stderr=subprocess.PIPE)) for label, argv, cwd in self.commands]
         outputs = {}
-        for label, proc in procs:
-            out = proc.communicate(timeout=timeout)[0]
-            assert proc.returncode == 0, f"{label} failed:\n{out}"
+        for label, proc in procs:  # stdout: the result (JSON for the command lines); stderr: progress, lock waits
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, f"{label} failed:\n{out}\n{err}"
             outputs[label] = out
         return outputs, time.monotonic() - started
 

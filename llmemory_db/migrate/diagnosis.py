@@ -141,8 +141,8 @@ class BlockerWatch:
                     if rows:
                         self.blockers = rows
                     self._stop.wait(0.1)
-        except psycopg.Error:
-            pass  # the watch is a courtesy: the migration's own error still says what happened
+        except Exception:  # noqa: BLE001 - the watch is a courtesy: the migration's own error says what happened
+            pass
 
     def stop(self) -> "BlockerWatch":
         self._stop.set()

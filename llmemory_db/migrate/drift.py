@@ -31,9 +31,9 @@ DRIFT_REMEDY = (
     "`pulumi up`, which records the new fingerprint, then unset it")
 
 _QUERY = """
-WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = %(schema)s),
+WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(%(schemas)s)),
 rels AS (
-  SELECT c.oid, c.relname, c.relkind FROM pg_class c JOIN ns ON c.relnamespace = ns.oid
+  SELECT c.oid, c.relname, c.relkind, ns.nspname FROM pg_class c JOIN ns ON c.relnamespace = ns.oid
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
     AND (%(all)s OR c.relname = ANY(%(names)s))
     AND NOT (c.relname = ANY(%(exclude)s))
@@ -42,9 +42,9 @@ rels AS (
     AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
                     WHERE d.objid = c.oid AND d.deptype IN ('a', 'i') AND t.relname = ANY(%(exclude)s)))
 )
-SELECT 'table', relname, relkind::text FROM rels WHERE relkind IN ('r', 'p', 'f')
+SELECT nspname, 'table', relname, relkind::text FROM rels WHERE relkind IN ('r', 'p', 'f')
 UNION ALL
-SELECT 'column', r.relname || '.' || a.attname,
+SELECT r.nspname, 'column', r.relname || '.' || a.attname,
        format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
        || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '') || ' ' || a.attgenerated::text
        || ' ' || a.attidentity::text
@@ -52,29 +52,30 @@ SELECT 'column', r.relname || '.' || a.attname,
   LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
   WHERE r.relkind IN ('r', 'p', 'f')
 UNION ALL
-SELECT 'constraint', r.relname || '.' || con.conname, pg_get_constraintdef(con.oid)
+SELECT r.nspname, 'constraint', r.relname || '.' || con.conname, pg_get_constraintdef(con.oid)
   FROM rels r JOIN pg_constraint con ON con.conrelid = r.oid
 UNION ALL
-SELECT 'index', i.relname, pg_get_indexdef(i.oid)
+SELECT r.nspname, 'index', i.relname, pg_get_indexdef(i.oid)
   FROM rels r JOIN pg_index x ON x.indrelid = r.oid JOIN pg_class i ON i.oid = x.indexrelid
 UNION ALL
-SELECT 'view', relname, pg_get_viewdef(oid) FROM rels WHERE relkind IN ('v', 'm')
+SELECT nspname, 'view', relname, pg_get_viewdef(oid) FROM rels WHERE relkind IN ('v', 'm')
 UNION ALL
-SELECT 'sequence', r.relname, format_type(s.seqtypid, NULL) || ' ' || s.seqincrement || ' ' || s.seqmin
-       || ' ' || s.seqmax || ' ' || s.seqcycle
+SELECT r.nspname, 'sequence', r.relname, format_type(s.seqtypid, NULL) || ' ' || s.seqincrement || ' '
+       || s.seqmin || ' ' || s.seqmax || ' ' || s.seqcycle
   FROM rels r JOIN pg_sequence s ON s.seqrelid = r.oid
 UNION ALL
-SELECT 'trigger', r.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
+SELECT r.nspname, 'trigger', r.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
   FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal
 UNION ALL
-SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+SELECT ns.nspname, CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
        p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', pg_get_functiondef(p.oid)
   FROM pg_proc p JOIN ns ON p.pronamespace = ns.oid
   WHERE p.prokind IN ('f', 'p') AND (%(all)s OR p.proname = ANY(%(functions)s))
+    AND p.proname NOT LIKE 'llmemory\\_db\\_%%'
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                     AND d.deptype = 'e')
 UNION ALL
-SELECT 'extension', e.extname, e.extversion FROM pg_extension e WHERE e.extname = ANY(%(extensions)s)
+SELECT NULL, 'extension', e.extname, e.extversion FROM pg_extension e WHERE e.extname = ANY(%(extensions)s)
 """
 
 
@@ -88,11 +89,8 @@ def inspect(conn: psycopg.Connection, schema: Optional[str], managed: ManagedObj
     """Live fingerprint of the managed objects (one query). ``everything``: every object of the schema (default:
     in schema mode); ``rename`` (scratch, target): report a scratch schema's objects under the target's name."""
     namespace = schema or "public"
-    rows = conn.execute(_QUERY, {
-        "schema": namespace, "all": bool(schema) if everything is None else everything,
-        "names": list(managed.tables) + list(managed.sequences) + list(managed.views),
-        "functions": list(managed.functions), "exclude": list(exclude), "extensions": list(extensions),
-    }).fetchall()
+    rows = [row[1:] for row in inspect_rows(conn, [namespace], managed, extensions, exclude,
+                                            everything=bool(schema) if everything is None else everything)]
     found = {}
     shown = namespace
     if rename:  # (scratch, target schema or None for standalone, whose objects show unqualified)
@@ -115,6 +113,16 @@ def privilege_drift(conn: psycopg.Connection, settings: Settings) -> List[str]:
     other roles, in the drift check's words; the next apply revokes them."""
     return [f"privilege {', '.join(privileges)} on {kind.lower()} {name} to {grantee}: added"
             for kind, name, grantee, privileges in HistoryStore(conn, settings).default_privilege_leaks()]
+
+
+def inspect_rows(conn: psycopg.Connection, schemas: Sequence[str], managed: ManagedObjects,
+                 extensions: Sequence[str] = (), exclude: Sequence[str] = (), *, everything: bool = True) -> List[tuple]:
+    """(schema, kind, name, definition) of the managed objects of ``schemas`` (extensions: schema None), one query."""
+    return conn.execute(_QUERY, {
+        "schemas": list(schemas), "all": everything,
+        "names": list(managed.tables) + list(managed.sequences) + list(managed.views),
+        "functions": list(managed.functions), "exclude": list(exclude), "extensions": list(extensions),
+    }).fetchall()
 
 
 def engine_tables(settings: Settings) -> List[str]:

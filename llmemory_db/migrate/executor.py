@@ -131,13 +131,15 @@ def settings_sql(settings: Settings) -> List[sql.Composable]:
 
 def apply(conn: psycopg.Connection, settings: Settings, *,
           on_progress: Optional[Callable[[str], None]] = None,
-          on_event: Optional[Callable[[str], None]] = None) -> ApplyResult:
+          on_event: Optional[Callable[[str], None]] = None, known: bool = False) -> ApplyResult:
     """Apply every pending migration of ``settings``; each with its history row in one transaction.
 
     ``on_progress(filename)`` after each applied file; ``on_event(line)`` for what the user should see while it
-    runs (a lock wait and its retry)."""
+    runs (a lock wait and its retry). ``known``: the caller applied these files here before (a stack's state says
+    so), so objects found without a history are the spec's development reset (the history rows deleted), re-run
+    as pgdbm would, not an unknown schema."""
     try:
-        return _apply(conn, settings, on_progress, on_event or (lambda _: None))
+        return _apply(conn, settings, on_progress, on_event or (lambda _: None), known)
     except psycopg.Error as exc:  # outside a migration's statements: history table, lock, catalog queries
         fail = diagnosis.failure(exc)
         raise MigrationError(
@@ -147,7 +149,7 @@ def apply(conn: psycopg.Connection, settings: Settings, *,
 
 
 def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[Callable[[str], None]],
-           on_event: Callable[[str], None]) -> ApplyResult:
+           on_event: Callable[[str], None], known: bool = False) -> ApplyResult:
     started = time.perf_counter()
     store = HistoryStore(conn, settings)
     files = load(settings.migrations_dir)
@@ -164,7 +166,7 @@ def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[C
             on_event(result.message)
             adopted = result.recorded
             current = status(conn, settings, files)
-        else:
+        elif not known:
             adoption.refuse_unknown(conn, settings, files)
     if settings.risk_policy == "deny" and current.plan.pending:
         from .risk import analyze  # squawk runs only for the deny policy: a plain apply stays one round trip

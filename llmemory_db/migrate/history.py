@@ -153,17 +153,36 @@ class HistoryStore:
         return (exc.diag.sqlstate == "23505" and exc.diag.table_name == name and exc.diag.schema_name == schema)
 
     # ------------------------------------------------------------------ pgdbm's advisory lock
+    # lock_scope "module": pgdbm's key, exclusive (what pgdbm takes). "schema" (fleets): pgdbm's key *shared*, plus
+    # an exclusive key of (module, schema): schemas of one module migrate in parallel, pgdbm's exclusive request on
+    # the module waits for all of them, and a shared request that comes after a queued exclusive one waits behind
+    # it (PostgreSQL grants lock requests in order), so pgdbm is never starved.
     def lock_key(self) -> sql.Composed:
         return sql.SQL("hashtext('pgdbm_migration_' || {})").format(sql.Literal(self.settings.module_name))
 
+    def schema_key(self) -> sql.Composed:
+        return sql.SQL("hashtext('llmemory_db_schema_' || {})").format(
+            sql.Literal(f"{self.settings.module_name}.{self.settings.schema_name}"))
+
+    @property
+    def per_schema(self) -> bool:
+        return self.settings.lock_scope == "schema"
+
     def lock_sql(self) -> sql.Composed:
         """Wait for the module's lock for this transaction (bounded by the lock_timeout set before it)."""
+        if self.per_schema:
+            return sql.SQL("SELECT pg_advisory_xact_lock_shared({}), pg_advisory_xact_lock({})").format(
+                self.lock_key(), self.schema_key())
         return sql.SQL("SELECT pg_advisory_xact_lock({})").format(self.lock_key())
 
     def try_lock_sql(self) -> sql.Composed:
         """Take the lock if it is free, else raise the BUSY marker."""
-        return sql.SQL("SELECT CASE WHEN pg_try_advisory_xact_lock({}) THEN 1 "
-                       "ELSE ({} || pg_backend_pid())::int END").format(self.lock_key(), sql.Literal(BUSY_MARK + " "))
+        free = sql.SQL("pg_try_advisory_xact_lock({})").format(self.lock_key())
+        if self.per_schema:
+            free = sql.SQL("pg_try_advisory_xact_lock_shared({}) AND pg_try_advisory_xact_lock({})").format(
+                self.lock_key(), self.schema_key())
+        return sql.SQL("SELECT CASE WHEN {} THEN 1 ELSE ({} || pg_backend_pid())::int END").format(
+            free, sql.Literal(BUSY_MARK + " "))
 
     def begin_locked(self) -> None:
         """BEGIN and wait, at most lock_wait_timeout, for the module's lock (the wait of a busy lock)."""
@@ -185,14 +204,22 @@ class HistoryStore:
         conn.execute(sql.SQL("SET lock_timeout = {}; SET statement_timeout = 0").format(
             sql.Literal(ms(self.settings.lock_wait_timeout))))
         try:
-            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(self.lock_key()))
+            if self.per_schema:
+                conn.execute(sql.SQL("SELECT pg_advisory_lock_shared({}), pg_advisory_lock({})").format(
+                    self.lock_key(), self.schema_key()))
+            else:
+                conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(self.lock_key()))
         except psycopg.errors.LockNotAvailable:
             raise self.lock_timeout_error() from None
         finally:
             conn.execute("RESET lock_timeout; RESET statement_timeout")
 
     def unlock_session(self) -> None:
-        self.conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(self.lock_key()))
+        if self.per_schema:
+            self.conn.execute(sql.SQL("SELECT pg_advisory_unlock_shared({}), pg_advisory_unlock({})").format(
+                self.lock_key(), self.schema_key()))
+        else:
+            self.conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(self.lock_key()))
 
     def locked(self) -> "_Locked":
         """``with store.locked():`` BEGIN + the module's lock (bounded wait) ... COMMIT, or ROLLBACK on error."""

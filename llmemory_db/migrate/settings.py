@@ -96,6 +96,10 @@ class Settings:
         None, "baseline"))
     baseline_trust: bool = field(default=False, metadata=_meta(
         "with baseline: record without the proof (at your own risk; said loudly)", "--trust", "baselineTrust"))
+    lock_scope: str = field(default="module", metadata=_meta(
+        "module: pgdbm's exclusive lock of the module (every schema of it queues); schema: that key shared plus an "
+        "exclusive key of (module, schema), so a fleet migrates its schemas in parallel while pgdbm on any of "
+        "them still waits for all of them and is waited for", None, None, choices=("module", "schema")))
     drop_on_destroy: bool = field(default=False, metadata=_meta(
         "pulumi destroy drops the schema (standalone: the module's tables) and forgets the history",
         None, "dropOnDestroy"))
@@ -116,6 +120,9 @@ class Settings:
                 f"Invalid module name {self.module_name!r}: use 1 to 100 letters, digits, '_', '-' or '.'",
                 remedy="choose a module name such as aword_memory")
         self.history_parts  # validates
+        if self.lock_scope not in ("module", "schema"):
+            raise MigrationError(f"Invalid lock scope {self.lock_scope!r}: use module or schema",
+                                 remedy="module is pgdbm's; schema is for fleets of schemas")
         if self.pool_mode not in POOL_MODES:
             raise MigrationError(f"Invalid pool mode {self.pool_mode!r}: use one of {', '.join(POOL_MODES)}",
                                  remedy="auto detects a pooler; session or transaction declare the endpoint's mode")
