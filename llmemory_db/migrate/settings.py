@@ -99,7 +99,8 @@ class Settings:
     lock_scope: str = field(default="module", metadata=_meta(
         "module: pgdbm's exclusive lock of the module (every schema of it queues); schema: that key shared plus an "
         "exclusive key of (module, schema), so a fleet migrates its schemas in parallel while pgdbm on any of "
-        "them still waits for all of them and is waited for", None, None, choices=("module", "schema")))
+        "them still waits for all of them and is waited for", None, None, choices=("module", "schema"),
+        internal=True))
     drop_on_destroy: bool = field(default=False, metadata=_meta(
         "pulumi destroy drops the schema (standalone: the module's tables) and forgets the history",
         None, "dropOnDestroy"))
@@ -220,6 +221,11 @@ class Settings:
     @classmethod
     def defaults(cls) -> Dict[str, Any]:
         return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def public_names(cls) -> Tuple[str, ...]:
+        """The settings a user sets (arguments of the components); the rest are set by the engine itself."""
+        return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal"))
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "Settings":
