@@ -25,11 +25,12 @@ help:
 	@echo "make bench      side-by-side benchmark (engine, psql floor, pgdbm, dbmate, yoyo, pulumi)"
 
 # Python environment, rebuilt when requirements.txt changes
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	@command -v python3 >/dev/null || { echo "error: python3 (3.10+) is required: apt-get install python3 python3-venv"; exit 1; }
 	@echo "[venv] installing Python packages into .venv"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 venv: $(VENV)/.installed

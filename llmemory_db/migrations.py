@@ -25,6 +25,7 @@ class ConnectionArgs:
     password: Optional[pulumi.Input[str]] = None
     database: Optional[pulumi.Input[str]] = None
     sslmode: Optional[pulumi.Input[str]] = None
+    sslrootcert: Optional[pulumi.Input[str]] = None   # the CA file for sslmode verify-ca / verify-full
 
     @staticmethod
     def from_config(base: Optional["ConnectionArgs"] = None) -> "ConnectionArgs":
@@ -39,7 +40,8 @@ class ConnectionArgs:
             password=pulumi.Output.secret(base.password) if base.password is not None
             else config.get_secret("password"),
             database=base.database if base.database is not None else (config.get("database") or "postgres"),
-            sslmode=base.sslmode if base.sslmode is not None else (config.get("sslmode") or "prefer"))
+            sslmode=base.sslmode if base.sslmode is not None else (config.get("sslmode") or "prefer"),
+            sslrootcert=base.sslrootcert if base.sslrootcert is not None else config.get("sslrootcert"))
 
 
 def project_relative(path: str) -> str:
@@ -57,11 +59,12 @@ class MigrationsArgs:
     """Arguments of :class:`Migrations`; names, defaults and meaning are :class:`~llmemory_db.migrate.Settings`'s
     (``connection``: :class:`ConnectionArgs`, gaps filled from the stack's ``postgresql:`` config)."""
 
-    migrations_dir: str = str(_DEFAULT.migrations_dir)
-    schema: Optional[str] = _DEFAULT.schema
-    module_name: str = _DEFAULT.module_name
-    history_table: str = _DEFAULT.history_table
+    migrations_dir: Optional[str] = None        # default: migrations (or the package's folder)
+    schema: Optional[str] = None
+    module_name: Optional[str] = None          # default: aword_memory (or the package's name)
+    history_table: Optional[str] = None        # default: public.schema_migrations (or pgdbm's <schema>.schema_migrations)
     connection: Optional[ConnectionArgs] = None
+    migrations_package: Optional[str] = None   # deploy the migrations shipped inside an installed package (llmemory)
     lock_wait_timeout: float = _DEFAULT.lock_wait_timeout
     lock_timeout: Optional[float] = _DEFAULT.lock_timeout
     statement_timeout: Optional[float] = _DEFAULT.statement_timeout
@@ -70,6 +73,8 @@ class MigrationsArgs:
     drop_on_destroy: bool = _DEFAULT.drop_on_destroy
     extensions: Sequence[str] = _DEFAULT.extensions  # watched for drift (missing, other version); not created here
     accept_schema_drift: bool = _DEFAULT.accept_schema_drift
+    startup_role: Optional[str] = None         # the role an application's pgdbm runs its start-up check as
+    startup_guard: bool = _DEFAULT.startup_guard
 
     def settings(self) -> Settings:
         return Settings.from_object(self)
@@ -99,6 +104,7 @@ class Migrations(Resource):
     pending: pulumi.Output[list]
     fingerprint: pulumi.Output[str]
     drift: pulumi.Output[list]
+    package_version: pulumi.Output[str]
 
     def __init__(self, name: str, args: MigrationsArgs, opts: Optional[pulumi.ResourceOptions] = None,
                  validated: Optional[tuple] = None) -> None:
@@ -106,12 +112,15 @@ class Migrations(Resource):
         settings, files, rendered = validated or validate(args)
         managed = managed_objects(rendered.values(), settings.schema)
         conn = ConnectionArgs.from_config(args.connection)
-        props: Dict[str, Any] = settings.replace(migrations_dir=project_relative(str(settings.migrations_dir))).to_props()
+        if not settings.migrations_package:  # (a package's folder is found again wherever the provider runs)
+            settings = settings.replace(migrations_dir=project_relative(str(settings.migrations_dir)))
+        props: Dict[str, Any] = settings.to_props()
         props.update(
             checksums={m.filename: m.checksum for m in files},
             host=conn.host, port=conn.port, username=conn.username, password=conn.password,
-            database=conn.database, sslmode=conn.sslmode, managed=dataclasses.asdict(managed),
-            schema_name=None, applied=None, pending=None, missing=None, objects=None, fingerprint=None,
+            database=conn.database, sslmode=conn.sslmode, sslrootcert=conn.sslrootcert,
+            managed=dataclasses.asdict(managed), package_version=settings.package.describe() if settings.package
+            else None, schema_name=None, applied=None, pending=None, missing=None, objects=None, fingerprint=None,
             drift=None)
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(MigrationsProvider(), name, props, opts)
@@ -127,7 +136,8 @@ class ExtensionCheck(Resource):
                  opts: Optional[pulumi.ResourceOptions] = None) -> None:
         conn = ConnectionArgs.from_config(connection)
         props = dict(extension=extension, host=conn.host, port=conn.port, username=conn.username,
-                     password=conn.password, database=conn.database, sslmode=conn.sslmode)
+                     password=conn.password, database=conn.database, sslmode=conn.sslmode,
+                     sslrootcert=conn.sslrootcert)
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
         super().__init__(ExtensionCheckProvider(), name, props, opts)
 

@@ -26,7 +26,7 @@ from .migrate.errors import MigrationError
 from .migrate.objects import ManagedObjects
 from .migrate.settings import Settings
 
-CONNECTION = ("host", "port", "username", "password", "database", "sslmode")
+CONNECTION = ("host", "port", "username", "password", "database", "sslmode", "sslrootcert")
 # Inputs whose change is a reason to run the engine again (never a replacement: applying is an update). The
 # folder is not one: the files' checksums are (a folder moved with the same files changes nothing).
 TRACKED = ("checksums",) + tuple(n for n in Settings.names() if n != "migrations_dir") + CONNECTION + ("managed",)
@@ -48,7 +48,8 @@ def connect(props: Dict[str, Any]):
     return migrate.connect(
         host=props.get("host") or "localhost", port=int(props.get("port") or 5432),
         user=props.get("username") or "postgres", password=props.get("password") or None,
-        dbname=props.get("database") or "postgres", sslmode=props.get("sslmode") or "prefer")
+        dbname=props.get("database") or "postgres", sslmode=props.get("sslmode") or "prefer",
+        **({"sslrootcert": props["sslrootcert"]} if props.get("sslrootcert") else {}))
 
 
 def managed_of(props: Dict[str, Any]) -> ManagedObjects:
@@ -216,6 +217,8 @@ class MigrationsProvider(ResourceProvider):
                             "Remedy: run pulumi up again so that the plan sees the current files")
         if result.applied:
             print(f"migrations {resource_id(props)}: applied {', '.join(result.applied)}")
+        for change in result.revoked:
+            print(f"migrations {resource_id(props)}: privileges: {change}")
         for warning in result.warnings:
             print(f"warning: {warning}")
         outs = dict(props)
@@ -239,6 +242,7 @@ class MigrationsProvider(ResourceProvider):
                 current = migrate.status(conn, settings)
                 recorded = migrate.read_history(conn, settings) if current.history_exists else {}
                 live = drift_mod.inspect_target(conn, settings, managed_of(props))
+                leaks = drift_mod.privilege_drift(conn, settings) if current.history_exists else []
         except MigrationError as exc:
             raise fail(exc) from None
         on_disk = set(props.get("checksums") or {})
@@ -246,7 +250,7 @@ class MigrationsProvider(ResourceProvider):
         outs.update(checksums={name: recorded[name] for name in sorted(recorded) if name in on_disk},
                     applied=sorted(name for name in recorded if name in on_disk),
                     pending=[m.filename for m in current.plan.pending], missing=current.plan.missing,
-                    drift=drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else [],
+                    drift=(drift_mod.compare(props.get("objects") or {}, live) if "objects" in props else []) + leaks,
                     interrupted=[i.describe() for i in current.interrupted])
         inputs = {key: props[key] for key in props if key in INPUTS}
         return ReadResult(id_=id_, outs=outs, inputs=inputs)

@@ -27,10 +27,17 @@ class MigratedSchemaArgs(MigrationsArgs):
     """Arguments of :class:`MigratedSchema` (every one optional).
 
     schema:          target schema; ``None`` = standalone mode (objects in ``public``, no schema created)
-    module_name:     module in the history table (llmemory uses ``aword_memory``)
-    migrations_dir:  folder of ``*.sql`` files, relative to the Pulumi project
-    extensions:      extensions created in ``public`` first (default ``vector``)
+    migrations_dir:  folder of ``*.sql`` files, relative to the Pulumi project (default ``migrations``)
+    migrations_package: deploy the migrations inside an installed package instead (``llmemory``): module and
+                     history then default to its pgdbm layout (``llmemory``, ``<schema>.schema_migrations``)
+    module_name:     module in the history table (default ``aword_memory``, the spec's name)
+    extensions:      extensions created in ``public`` first (default ``vector``; the real llmemory also needs
+                     ``pgcrypto``)
     runtime_roles:   existing roles that get USAGE, CRUD on the tables, USAGE/SELECT on sequences, SELECT on history
+    startup_role:    the role an application's pgdbm runs its start-up check as: the runtime grants, plus CREATE on
+                     the schema and ownership of the history table, which that check needs; with ``startup_guard``
+                     (default) a guard lets it run the no-op check and nothing else, and it gets CREATE on the
+                     database for pgdbm's ``CREATE SCHEMA IF NOT EXISTS`` (llmemory's connection-string mode)
     history_table:   ``table`` or ``schema.table`` (default ``public.schema_migrations``; pgdbm 0.5 uses
                      ``<schema>.schema_migrations``)
     connection:      :class:`ConnectionArgs`; gaps are filled from the stack's ``postgresql:`` config
@@ -53,6 +60,7 @@ class MigratedSchema(pulumi.ComponentResource):
     pending: pulumi.Output[list]
     fingerprint: pulumi.Output[str]
     drift: pulumi.Output[list]
+    package_version: pulumi.Output[str]
 
     def __init__(self, name: str, args: Optional[MigratedSchemaArgs] = None,
                  opts: Optional[pulumi.ResourceOptions] = None) -> None:
@@ -92,9 +100,17 @@ class MigratedSchema(pulumi.ComponentResource):
                     opts=chained(pulumi.ResourceOptions(retain_on_delete=True, depends_on=[check])))
             after(_EXTENSIONS[key])
         # grants run one after the other: parallel GRANTs on one catalog row fail with "tuple concurrently updated"
-        for role in args.runtime_roles:
+        startup = args.startup_role
+        roles = list(args.runtime_roles) + ([startup] if startup and startup not in args.runtime_roles else [])
+        for role in roles:
+            # pgdbm's start-up check: CREATE TABLE/INDEX IF NOT EXISTS on the history needs CREATE on its schema
             after(postgresql.Grant(f"{name}-{role}-usage", database=database, role=role, schema=schema_name,
-                                   object_type="schema", privileges=["USAGE"], opts=chained()))
+                                   object_type="schema", privileges=["USAGE"] + (["CREATE"] if role == startup else []),
+                                   opts=chained()))
+            if role == startup and args.startup_guard:  # its CREATE SCHEMA IF NOT EXISTS; the guard stops real DDL
+                after(postgresql.Grant(f"{name}-{role}-database", database=database, role=role,
+                                       object_type="database", privileges=["CONNECT", "TEMPORARY", "CREATE"],
+                                       opts=chained()))
             if args.schema:  # future tables of later migrations; in public this would reach other apps' tables
                 after(postgresql.DefaultPrivileges(
                     f"{name}-{role}-default-tables", database=database, role=role, schema=schema_name,
@@ -109,7 +125,7 @@ class MigratedSchema(pulumi.ComponentResource):
         managed = migrations.managed_objects
 
         explicit = not args.schema or history_schema == schema_name
-        for role in args.runtime_roles:
+        for role in roles:
             tables = [t for t in managed.tables if not (history_schema == schema_name and t == history_name)]
             if tables or not explicit:
                 after(postgresql.Grant(f"{name}-{role}-tables", database=database, role=role, schema=schema_name,
@@ -123,9 +139,10 @@ class MigratedSchema(pulumi.ComponentResource):
                 after(postgresql.Grant(f"{name}-{role}-history-usage", database=database, role=role,
                                        schema=history_schema, object_type="schema", privileges=["USAGE"],
                                        opts=chained()))
-            after(postgresql.Grant(f"{name}-{role}-history", database=database, role=role, schema=history_schema,
-                                   object_type="table", privileges=["SELECT"], objects=[history_name],
-                                   opts=chained()))
+            if role != startup:  # the start-up role owns the history table (the engine hands it over)
+                after(postgresql.Grant(f"{name}-{role}-history", database=database, role=role,
+                                       schema=history_schema, object_type="table", privileges=["SELECT"],
+                                       objects=[history_name], opts=chained()))
 
         self.schema_name = pulumi.Output.from_input(schema_name)
         self.module_name = pulumi.Output.from_input(settings.module_name)
@@ -135,10 +152,12 @@ class MigratedSchema(pulumi.ComponentResource):
         self.pending = migrations.pending
         self.fingerprint = migrations.fingerprint
         self.drift = migrations.drift
+        self.package_version = migrations.package_version
         self.register_outputs({"schema_name": self.schema_name, "module_name": self.module_name,
                                "history_table": self.history_table, "applied": self.applied,
                                "checksums": self.checksums, "pending": self.pending,
-                               "fingerprint": self.fingerprint, "drift": self.drift})
+                               "fingerprint": self.fingerprint, "drift": self.drift,
+                               "package_version": self.package_version})
 
 
 def _check_args(args: MigratedSchemaArgs) -> None:
@@ -149,6 +168,8 @@ def _check_args(args: MigratedSchemaArgs) -> None:
             check_identifier(extension, "extension name (MigratedSchemaArgs.extensions)")
         for role in args.runtime_roles:
             check_identifier(role, "runtime role (MigratedSchemaArgs.runtime_roles)")
+        if args.startup_role is not None:
+            check_identifier(args.startup_role, "start-up role (MigratedSchemaArgs.startup_role)")
     except migrate.MigrationError as exc:
         raise pulumi.RunError(str(exc)) from None
 

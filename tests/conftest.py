@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -12,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import db as dbs  # noqa: E402
 from tools.pgbouncer import Bouncer  # noqa: E402
 from tools.pgserver import Server  # noqa: E402
 
@@ -32,17 +32,25 @@ def bouncer(pg_server: Server) -> Bouncer:
 
 
 @pytest.fixture
-def database(pg_server: Server):
-    """A fresh database with pgvector; yields its conninfo string; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = pg_server.dsn(database=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    yield dsn
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def db(pg_server: Server):
+    """A fresh database with pgvector (a tests.db.Database: .dsn, .sql(), .history(), .tables()); dropped after."""
+    database = dbs.create(pg_server, extensions=("vector",))
+    yield database
+    database.drop()
+
+
+@pytest.fixture
+def bare_db(pg_server: Server):
+    """A fresh database without any extension (what a stack starts from); dropped afterwards."""
+    database = dbs.create(pg_server, prefix="e2e")
+    yield database
+    database.drop()
+
+
+@pytest.fixture
+def database(db):
+    """The conninfo string of a fresh database with pgvector."""
+    return db.dsn
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 
 from llmemory_db import migrate
 from llmemory_db.migrate import InvalidIdentifierError, MigrationError, Settings
+from tests import db as dbs
 from tests.conftest import write
 
 GOOD = {"001_base.sql": "CREATE TABLE {{tables.base}} (id int);\n"}
@@ -55,7 +56,7 @@ FILE_CASES = [
 
 
 def history(conn):
-    return conn.execute("SELECT filename, checksum FROM public.schema_migrations ORDER BY 1").fetchall()
+    return dbs.history(conn)
 
 
 def relations(conn):

@@ -3,7 +3,6 @@ import json
 import shutil
 import uuid
 
-import psycopg
 import pytest
 from pulumi import automation as auto
 
@@ -36,11 +35,10 @@ FILES = {
 
 
 @pytest.fixture
-def env(pg_server, tmp_path):
+def env(pg_server, bare_db, tmp_path):
     """A fresh database, a project with FILES, a stack on a file backend; yields helpers."""
-    name = f"e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    db = bare_db
+    name = db.name
     project = h.write_project(tmp_path / "proj", PROGRAM, FILES)
 
     class Env:
@@ -55,10 +53,9 @@ def env(pg_server, tmp_path):
             return h.stack(project, self.backend, pg_server, name, stack_name,
                            {"components": json.dumps(components)})
 
-        def sql(self, query, *params):
-            with psycopg.connect(pg_server.dsn(database=name), autocommit=True) as conn:
-                cur = conn.execute(query, params or None)
-                return cur.fetchall() if cur.description else None
+        sql = staticmethod(db.sql)
+        tables = staticmethod(db.tables)
+        history = staticmethod(db.history)
 
         def up(self, stack):
             lines = []
@@ -74,18 +71,9 @@ def env(pg_server, tmp_path):
 
     env = Env()
     yield env
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        for role in env.roles:  # roles are cluster-wide; their grants went with the database
-            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-
-
-def tables(env, schema):
-    return sorted(r[0] for r in env.sql("SELECT tablename FROM pg_tables WHERE schemaname = %s", schema))
-
-
-def history(env, table="public.schema_migrations", module="aword_memory"):
-    return env.sql(f"SELECT filename, checksum FROM {table} WHERE module_name = %s ORDER BY filename", module)
+    db.drop()  # first: roles are cluster-wide, and their grants go with the database
+    for role in env.roles:
+        db.server_sql(f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_lifecycle_schema_mode(env):
@@ -98,8 +86,8 @@ def test_lifecycle_schema_mode(env):
     result, _ = env.up(stack)
     assert result.outputs["db_applied"].value == ["001_documents.sql", "002_chunks.sql"]
     assert result.outputs["db_pending"].value == []
-    assert tables(env, "llmemory") == ["chunks", "documents"]
-    recorded = dict(history(env))
+    assert env.tables("llmemory") == ["chunks", "documents"]
+    recorded = dict(env.history())
     assert result.outputs["db_checksums"].value == recorded
     assert env.sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")[0][0] == 1
 
@@ -121,9 +109,9 @@ def test_lifecycle_schema_mode(env):
     (env.root / "migrations" / "003_tags.sql").write_text("CREATE TABLE {{tables.tags}} (name text PRIMARY KEY);\n")
     preview, text = env.preview(stack)
     assert h.changes(preview).get("update") == 1 and "003_tags.sql" in text
-    before = history(env)
+    before = env.history()
     result, _ = env.up(stack)
-    after = history(env)
+    after = env.history()
     assert [f for f, _ in after if (f, _) not in before] == ["003_tags.sql"]
     assert result.outputs["db_applied"].value[-1] == "003_tags.sql"
     assert env.sql("SELECT has_table_privilege(%s, 'llmemory.tags', 'INSERT')", role) == [(True,)]
@@ -136,14 +124,15 @@ def test_lifecycle_schema_mode(env):
         env.preview(stack)
     assert "002_chunks.sql has been modified after being applied" in str(info.value)
     assert "recorded checksum" in str(info.value) and "Remedy" in str(info.value)
-    with pytest.raises(auto.CommandError):
+    with pytest.raises(auto.CommandError) as info:
         env.up(stack)
-    assert "sneaky" not in tables(env, "llmemory") and history(env) == after
+    assert "002_chunks.sql has been modified after being applied" in str(info.value)
+    assert "sneaky" not in env.tables("llmemory") and env.history() == after
     path.write_text(original)
 
     # destroy keeps data by default
     stack.destroy(on_output=env.logs.append)
-    assert tables(env, "llmemory") == ["chunks", "documents", "tags"] and len(history(env)) == 3
+    assert env.tables("llmemory") == ["chunks", "documents", "tags"] and len(env.history()) == 3
 
     # nothing of the password in state, outputs or logs
     assert env.server.password not in h.state_text(env.backend)
@@ -179,10 +168,10 @@ def test_standalone_mode_and_drop_on_destroy(env):
     stack = env.stack([{"name": "db", "drop_on_destroy": True}])
     result, _ = env.up(stack)
     assert result.outputs["db_schema"].value == "public"
-    assert {"documents", "chunks", "schema_migrations", "other_app"} <= set(tables(env, "public"))
+    assert {"documents", "chunks", "schema_migrations", "other_app"} <= set(env.tables("public"))
     stack.destroy(on_output=env.logs.append)
-    assert history(env) == []  # the module's history is forgotten
-    remaining = set(tables(env, "public"))
+    assert env.history() == []  # the module's history is forgotten
+    remaining = set(env.tables("public"))
     assert "documents" not in remaining and "chunks" not in remaining
     assert {"other_app", "schema_migrations"} <= remaining  # not ours: kept
     assert env.sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]  # shared: kept
@@ -191,18 +180,18 @@ def test_standalone_mode_and_drop_on_destroy(env):
 def test_schema_mode_drop_on_destroy_drops_the_schema(env):
     stack = env.stack([{"name": "db", "schema": "doomed", "drop_on_destroy": True}])
     env.up(stack)
-    assert tables(env, "doomed") == ["chunks", "documents"]
+    assert env.tables("doomed") == ["chunks", "documents"]
     stack.destroy(on_output=env.logs.append)
     assert env.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'doomed'") == [(0,)]
-    assert history(env) == []
+    assert env.history() == []
 
 
 def test_two_schemas_in_one_stack_and_colliding_histories_rejected(env):
     stack = env.stack([{"name": "a", "schema": "tenant_a", "module_name": "mem_a"},
                        {"name": "b", "schema": "tenant_b", "module_name": "mem_b"}])
     result, _ = env.up(stack)
-    assert tables(env, "tenant_a") == tables(env, "tenant_b") == ["chunks", "documents"]
-    assert len(history(env, module="mem_a")) == len(history(env, module="mem_b")) == 2
+    assert env.tables("tenant_a") == env.tables("tenant_b") == ["chunks", "documents"]
+    assert len(env.history(module="mem_a")) == len(env.history(module="mem_b")) == 2
 
     clash = env.stack([{"name": "a", "schema": "tenant_a"}, {"name": "b", "schema": "tenant_b"}], "clash")
     with pytest.raises(auto.CommandError) as info:
@@ -215,5 +204,5 @@ def test_schema_isolation_one_stack_per_schema(env):
     second = env.stack([{"name": "db", "schema": "env_two", "module_name": "m_two"}], "two")
     env.up(first)
     env.up(second)
-    assert tables(env, "env_one") == tables(env, "env_two") == ["chunks", "documents"]
+    assert env.tables("env_one") == env.tables("env_two") == ["chunks", "documents"]
     assert h.changes(env.preview(first)[0]) == {} and h.changes(env.preview(second)[0]) == {}

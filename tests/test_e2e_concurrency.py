@@ -6,11 +6,11 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import psycopg
 import pytest
 
+from tests import db as dbs
 from tests import pulumi_harness as h
 from tests.conftest import ROOT, write
 
@@ -47,23 +47,13 @@ def files(count):
                                  f"SELECT pg_sleep(0.1);\n" for i in range(1, count + 1)}
 
 
-@pytest.fixture
-def db(pg_server, tmp_path):
-    name = f"e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 class Race:
     """Appliers of one (schema, module): prepared first, then all started at once."""
 
     def __init__(self, pg_server, database, tmp_path):
         self.server, self.database, self.tmp = pg_server, database, tmp_path
         self.dsn = pg_server.dsn(database=database)
-        self.url = f"postgresql://postgres:{pg_server.password}@127.0.0.1:{pg_server.port}/{database}"
+        self.url = dbs.url(self.dsn)
         self.project = h.write_project(tmp_path / "proj", PROGRAM, {})
         self.env = dict(os.environ, **h.pulumi_env(tmp_path / "backend"))
         self.commands = []  # (label, argv, cwd)
@@ -109,13 +99,14 @@ class Race:
         return outputs, time.monotonic() - started
 
     def history(self, table, module):
-        with psycopg.connect(self.dsn) as conn:
-            return conn.execute(f"SELECT filename, count(*) FROM {table} WHERE module_name = %s GROUP BY filename "
-                                "ORDER BY filename", (module,)).fetchall()
+        """(filename, how many rows) of the module: each file must be recorded once."""
+        return dbs.Database(self.server, self.database).sql(
+            f"SELECT filename, count(*) FROM {table} WHERE module_name = %s GROUP BY filename ORDER BY filename",
+            module)
 
 
-def test_nine_appliers_on_one_module(pg_server, db, tmp_path):
-    race = Race(pg_server, db, tmp_path)
+def test_nine_appliers_on_one_module(pg_server, bare_db, tmp_path):
+    race = Race(pg_server, bare_db.name, tmp_path)
     directory, history = race.migrations(None, "aword_memory", 12)
     for i in range(3):
         race.pulumi(f"s{i}", directory, None, "aword_memory", history)
@@ -134,8 +125,8 @@ def test_nine_appliers_on_one_module(pg_server, db, tmp_path):
     print(f"9 appliers, 12 files: {seconds:.1f}s")
 
 
-def test_two_schemas_with_four_appliers_each(pg_server, db, tmp_path):
-    race = Race(pg_server, db, tmp_path)
+def test_two_schemas_with_four_appliers_each(pg_server, bare_db, tmp_path):
+    race = Race(pg_server, bare_db.name, tmp_path)
     for schema in ("mem_a", "mem_b"):
         module = f"llmemory_{schema}"
         directory, history = race.migrations(schema, module, 8)

@@ -1,11 +1,10 @@
 """Drift detection with `pulumi preview --refresh`: history drift and schema drift, end to end."""
 import json
-import uuid
 
-import psycopg
 import pytest
 from pulumi import automation as auto
 
+from tests import db as dbs
 from tests import pulumi_harness as h
 
 pytestmark = pytest.mark.e2e
@@ -28,18 +27,15 @@ pulumi.export("fingerprint", db.fingerprint)
 class DriftEnv:
     def __init__(self, server, tmp_path, spec, files=None):
         self.server = server
-        self.database = f"drift_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(server.dsn(), autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{self.database}"')
+        self.db = dbs.create(server, prefix="drift")
+        self.database = self.db.name
         project = h.write_project(tmp_path / "proj", PROGRAM, files)
         self.stack = h.stack(project, tmp_path / "backend", server, self.database,
                              config={"spec": json.dumps(spec)})
         self.stack.up(on_output=lambda _: None)
 
     def sql(self, query):
-        with psycopg.connect(self.server.dsn(database=self.database), autocommit=True) as conn:
-            cur = conn.execute(query)
-            return cur.fetchall() if cur.description else None
+        return self.db.sql(query)
 
     def preview_refresh(self):
         lines = []
@@ -47,8 +43,7 @@ class DriftEnv:
         return h.changes(result), "\n".join(lines)
 
     def close(self):
-        with psycopg.connect(self.server.dsn(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        self.db.drop()
 
 
 @pytest.fixture
@@ -101,8 +96,9 @@ def test_schema_drift_is_reported_exactly_and_up_stops(drift_env, statement, exp
     changes, text = drift_env.preview_refresh()
     assert changes == {"update": 1}
     assert drift_lines(text) == sorted(expected)
-    with pytest.raises(auto.CommandError):
+    with pytest.raises(auto.CommandError) as info:
         drift_env.stack.preview(refresh=True, expect_no_changes=True)  # `make drift` fails
+    assert "no changes were expected for preview but changes were proposed" in str(info.value) and expected[0] in str(info.value)
     history = drift_env.sql("SELECT count(*) FROM public.schema_migrations")
     with pytest.raises(auto.CommandError) as info:
         drift_env.stack.up(refresh=True, on_output=lambda _: None)
@@ -121,7 +117,9 @@ def test_accepting_schema_drift_records_the_new_fingerprint(drift_env):
     assert result.outputs["fingerprint"].value != before
     drift_env.stack.set_config("spec", auto.ConfigValue(json.dumps({"schema": "llmemory"})))
     changes, text = drift_env.preview_refresh()
-    assert drift_lines(text) == [] and changes.get("update", 0) <= 1  # the flag itself flips back
+    assert drift_lines(text) == [] and changes == {"update": 1}  # the flag itself flips back: no drift
+    drift_env.stack.up(on_output=lambda _: None)
+    assert drift_env.preview_refresh()[0] == {}
 
 
 def test_history_drift_development_reset_is_reapplied(drift_env):
@@ -167,7 +165,7 @@ def test_migrations_applied_by_pgdbm_between_ups_are_not_drift(pg_server, tmp_pa
         (tmp_path / "proj" / "migrations" / "002_tags.sql").write_text(
             "CREATE TABLE {{tables.tags}} (name text PRIMARY KEY);\n"
             "ALTER TABLE {{tables.docs}} ADD COLUMN tag text REFERENCES {{tables.tags}}(name);\n")
-        url = (f"postgresql://postgres:{pg_server.password}@127.0.0.1:{pg_server.port}/{env.database}")
+        url = dbs.url(env.db.dsn)
         result = asyncio.run(pgdbm_apply(url, tmp_path / "proj" / "migrations", "app"))
         assert [m if isinstance(m, str) else m["filename"] for m in result["applied"]] == ["002_tags.sql"]
         lines = []

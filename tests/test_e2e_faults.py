@@ -5,9 +5,7 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
-import psycopg
 import pytest
 
 from tests import pulumi_harness as h
@@ -26,10 +24,8 @@ SLOW_FILE = {"002_b.sql": "CREATE TABLE b (id int);\nINSERT INTO b VALUES (1);\n
 
 
 @pytest.fixture
-def project(pg_server, tmp_path):
-    name = f"e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+def project(pg_server, bare_db, tmp_path):
+    name = bare_db.name
     proj = h.write_project(tmp_path / "proj", PROGRAM, {})
     backend = tmp_path / "backend"
     h.stack(proj, backend, pg_server, name)
@@ -62,20 +58,16 @@ def project(pg_server, tmp_path):
             return [op["type"] for op in json.loads(exported)["deployment"].get("pending_operations") or []]
 
         def recorded(self):
-            with psycopg.connect(self.dsn) as conn:
-                return [r[0] for r in conn.execute("SELECT filename FROM schema_migrations ORDER BY 1").fetchall()]
+            return [row[0] for row in bare_db.history()]
 
         def table_exists(self, table):
-            with psycopg.connect(self.dsn) as conn:
-                return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            return bare_db.sql("SELECT to_regclass(%s) IS NOT NULL", table)[0][0]
 
     (proj / "migrations").mkdir(exist_ok=True)
     yield Project()
     # the CLI's own language host outlives a SIGKILLed CLI (Pulumi's behaviour): clean up after the test
     for sid in sessions:
         subprocess.run(["pkill", "-9", "-s", str(sid)], capture_output=True)
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def kill_cli_mid_migration(project):

@@ -13,8 +13,10 @@ pytestmark = pytest.mark.e2e
 PROGRAM = """
 import pulumi
 from llmemory_db import MigratedSchema, MigratedSchemaArgs
+config = pulumi.Config()
 db = MigratedSchema("db", MigratedSchemaArgs(schema="llmemory", migrations_dir="migrations",
-                                             runtime_roles=pulumi.Config().require_object("roles")))
+                                             history_table=config.get("history") or "public.schema_migrations",
+                                             runtime_roles=config.require_object("roles")))
 pulumi.export("applied", db.applied)
 """
 
@@ -106,3 +108,33 @@ def test_non_superuser_admin_gets_the_extension_remedy_then_works_once_it_is_ins
         for statement in refused:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 rw.execute(statement)
+
+
+NO_TRANSACTION = ("-- pgdbm:no-transaction\n"
+                  "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_documents_name ON {{tables.documents}} (document_name);\n")
+
+
+@pytest.mark.parametrize("history", ["llmemory.schema_migrations", "public.schema_migrations",
+                                     "ops.schema_migrations"], ids=["in-the-schema", "public", "other-schema"])
+def test_runtime_role_cannot_write_the_history_in_any_layout(managed, history):
+    """Regression: with the history in the target schema (pgdbm's layout), the schema's default privileges gave the
+    runtime role INSERT/UPDATE/DELETE on the history table and USAGE/SELECT on its id sequence."""
+    managed.superuser("CREATE EXTENSION vector")
+    (managed.root / "migrations" / "002_idx.sql").write_text(NO_TRANSACTION)  # creates the in-flight table too
+    stack = managed.stack()
+    stack.set_config("history", auto.ConfigValue(history))
+    ok, out = up(stack)
+    assert ok, out
+    with managed.as_runtime() as rw:
+        assert rw.execute(f"SELECT count(*) FROM {history}").fetchone() == (2,)
+        refused = [f"INSERT INTO {history} (filename, checksum, module_name) VALUES ('x', 'y', 'aword_memory')",
+                   f"UPDATE {history} SET checksum = 'x'", f"DELETE FROM {history}", f"TRUNCATE {history}",
+                   f"SELECT nextval('{history}_id_seq')", f"SELECT currval('{history}_id_seq')",
+                   f"SELECT count(*) FROM {history}_inflight",
+                   f"INSERT INTO {history}_inflight (module_name, filename, checksum, total, next_line) "
+                   "VALUES ('m', 'f', 'c', 1, 1)"]
+        for statement in refused:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                rw.execute(statement)
+    # what `make drift` runs is clean right after the first up
+    stack.preview(refresh=True, expect_no_changes=True, on_output=lambda _: None)

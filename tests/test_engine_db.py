@@ -9,6 +9,7 @@ import pytest
 from llmemory_db import migrate
 from llmemory_db.migrate import (ChecksumMismatchError, ConnectionFailedError, LintError, LockTimeoutError,
                                 MigrationError, StatementError, Settings)
+from tests import db as dbs
 from tests.conftest import write
 
 TWO = {
@@ -20,20 +21,14 @@ TWO = {
 
 
 def history(conn, table="public.schema_migrations", module="aword_memory"):
-    return conn.execute(f"SELECT filename, checksum, module_name, version FROM {table} "
-                        "WHERE module_name = %s ORDER BY filename", (module,)).fetchall()
-
-
-def tables_in(conn, schema):
-    return sorted(r[0] for r in conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall())
+    return dbs.history(conn, table, module, columns="filename, checksum, module_name, version")
 
 
 def test_standalone_apply_then_noop(conn, tmp_path):
     target = Settings(write(tmp_path, TWO))
     result = migrate.apply(conn, target)
     assert result.applied == ["001_documents.sql", "002_chunks.sql"]
-    assert {"documents", "chunks", "schema_migrations"} <= set(tables_in(conn, "public"))
+    assert {"documents", "chunks", "schema_migrations"} <= set(dbs.tables(conn, "public"))
     rows = history(conn)
     assert [(r[0], r[2], r[3]) for r in rows] == [("001_documents.sql", "aword_memory", "001"),
                                                  ("002_chunks.sql", "aword_memory", "002")]
@@ -46,8 +41,8 @@ def test_standalone_apply_then_noop(conn, tmp_path):
 def test_schema_mode_puts_tables_in_the_schema_and_history_in_public(conn, tmp_path):
     conn.execute("CREATE SCHEMA llmemory")
     migrate.apply(conn, Settings(write(tmp_path, TWO), schema="llmemory"))
-    assert tables_in(conn, "llmemory") == ["chunks", "documents"]
-    assert "documents" not in tables_in(conn, "public")
+    assert dbs.tables(conn, "llmemory") == ["chunks", "documents"]
+    assert "documents" not in dbs.tables(conn, "public")
     assert len(history(conn)) == 2
 
 
@@ -56,7 +51,7 @@ def test_two_schemas_one_database_separate_modules(conn, tmp_path):
     for schema in ("tenant_a", "tenant_b"):
         conn.execute(f"CREATE SCHEMA {schema}")
         migrate.apply(conn, Settings(migrations, schema=schema, module_name=f"mem_{schema}"))
-    assert tables_in(conn, "tenant_a") == tables_in(conn, "tenant_b") == ["chunks", "documents"]
+    assert dbs.tables(conn, "tenant_a") == dbs.tables(conn, "tenant_b") == ["chunks", "documents"]
     assert len(history(conn, module="mem_tenant_a")) == len(history(conn, module="mem_tenant_b")) == 2
 
 
@@ -72,7 +67,7 @@ def test_search_path_is_schema_then_public(conn, tmp_path):
         "001_plain.sql": "CREATE TABLE plain_table (id int);\n"
                          "CREATE TABLE {{tables.probe}} AS SELECT current_setting('search_path') AS sp;"}),
         schema="app"))
-    assert "plain_table" in tables_in(conn, "app")
+    assert "plain_table" in dbs.tables(conn, "app")
     assert conn.execute("SELECT sp FROM app.probe").fetchone()[0] == 'app, public'
     assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'  # not leaked to the session
 
@@ -90,7 +85,7 @@ def test_failure_in_third_of_five_keeps_first_two_and_reports_them(conn, tmp_pat
     assert "committed earlier in this run: 001_t1.sql, 002_t2.sql" in text
     assert "nothing of 003_bad.sql was applied" in text
     assert [r[0] for r in history(conn)] == ["001_t1.sql", "002_t2.sql"]
-    assert "t3" not in tables_in(conn, "public")  # the whole file rolled back
+    assert "t3" not in dbs.tables(conn, "public")  # the whole file rolled back
 
 
 def test_error_line_inside_a_multiline_statement(conn, tmp_path):
@@ -113,14 +108,14 @@ def test_modified_after_applied_is_refused_with_both_checksums(conn, tmp_path):
     assert "Migration 001_documents.sql has been modified after being applied" in text
     assert before[0][1] in text and migrate.checksum((migrations / "001_documents.sql").read_text()) in text
     assert "DELETE FROM public.schema_migrations WHERE module_name = 'aword_memory'" in text
-    assert history(conn) == before and "more" not in tables_in(conn, "public")
+    assert history(conn) == before and "more" not in dbs.tables(conn, "public")
 
 
 def test_lint_errors_stop_before_anything_runs(conn, tmp_path):
     migrations = write(tmp_path, {"001_ok.sql": "CREATE TABLE ok (id int);", "002_bad.sql": "CREAT TABLE x ();"})
     with pytest.raises(LintError, match="002_bad.sql:1:1"):
         migrate.apply(conn, Settings(migrations))
-    assert "ok" not in tables_in(conn, "public")
+    assert "ok" not in dbs.tables(conn, "public")
     assert conn.execute("SELECT to_regclass('public.schema_migrations')").fetchone()[0] is None
 
 
@@ -202,8 +197,7 @@ def test_permission_denied_for_extension_gets_the_spec_remedy(conn, database, tm
     conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'migrator-secret-pw'")
     conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
     conn.execute("DROP EXTENSION IF EXISTS vector")
-    dsn = database.replace("user=postgres", f"user={role}").split("password=")[0] + \
-        "password=migrator-secret-pw " + database.split("password=")[1].split(" ", 1)[1]
+    dsn = dbs.with_params(database, user=role, password="migrator-secret-pw")
     with migrate.connect(dsn) as other:
         with pytest.raises(StatementError) as info:
             migrate.apply(other, Settings(write(tmp_path, {"001_ext.sql": "CREATE EXTENSION IF NOT EXISTS vector;"})))
@@ -215,8 +209,7 @@ def test_permission_denied_for_extension_gets_the_spec_remedy(conn, database, tm
 
 
 def test_wrong_password_is_one_clear_error_without_the_password(database):
-    bad = database.split("password=")[0] + "password=not-the-right-one-123 " + \
-        database.split("password=")[1].split(" ", 1)[1]
+    bad = dbs.with_params(database, password="not-the-right-one-123")
     started = time.monotonic()
     with pytest.raises(ConnectionFailedError) as info:
         migrate.connect(bad)
@@ -240,7 +233,7 @@ def test_error_without_a_server_position_is_located_by_replay(conn, tmp_path):
         migrate.apply(conn, Settings(write(tmp_path, {"001_dup.sql": sql})))
     assert (info.value.line, info.value.sqlstate) == (4, "42P07")
     assert 'relation "dup" already exists' in str(info.value)
-    assert "dup" not in tables_in(conn, "public")
+    assert "dup" not in dbs.tables(conn, "public")
 
 
 @pytest.mark.parametrize("text", [
@@ -253,7 +246,7 @@ def test_awkward_but_valid_files_apply_and_commit(conn, tmp_path, text):
     result = migrate.apply(conn, Settings(write(tmp_path, {"001_t.sql": text})))
     assert result.applied == ["001_t.sql"]
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    assert "t" in tables_in(conn, "public") and len(history(conn)) == 1
+    assert "t" in dbs.tables(conn, "public") and len(history(conn)) == 1
 
 
 def test_lock_timeout_of_a_migration_statement_is_not_the_migration_lock(conn, database, tmp_path):
@@ -282,3 +275,20 @@ def test_execution_time_and_applied_by_are_recorded(conn, tmp_path):
     migrate.apply(conn, Settings(write(tmp_path, {"001_sleep.sql": "SELECT pg_sleep(0.05);"})))
     elapsed, applied_by = conn.execute("SELECT execution_time_ms, applied_by FROM schema_migrations").fetchone()
     assert 40 <= elapsed < 2000 and applied_by == "postgres"
+
+
+def test_zero_timeouts_from_pulumi_props_mean_zero(db, tmp_path):
+    """Regression: under Pulumi, statement_timeout=0 was dropped (the database's 300 ms default then killed the
+    migration) and lock_wait_timeout=0 became 60 s. 0 means no timeout, as for PostgreSQL's own settings; the
+    wait for the migration lock is not cut short by a statement_timeout either."""
+    from llmemory_db.provider import settings_of
+    db.sql(f'ALTER DATABASE "{db.name}" SET statement_timeout = 300')
+    props = {"migrations_dir": str(write(tmp_path / "m", {"001_slow.sql": "SELECT pg_sleep(0.6);"})),
+             "statement_timeout": 0, "lock_wait_timeout": 0}
+    holder = psycopg.connect(db.dsn, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(hashtext('pgdbm_migration_aword_memory'))")
+    threading.Timer(1.0, holder.close).start()
+    started = time.monotonic()
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        assert migrate.apply(conn, settings_of(props)).applied == ["001_slow.sql"]
+    assert time.monotonic() - started >= 1.5  # waited for the lock, then slept 0.6 s

@@ -10,6 +10,7 @@ import pytest
 
 from llmemory_db import migrate
 from llmemory_db.migrate import Settings
+from tests import db as dbs
 from tests.conftest import write
 from tests.faults import SLOW, backend_gone, cli, cli_run, kill_group, make_slow, sleeping_backend
 from tools.pgserver import Server
@@ -28,16 +29,11 @@ NO_TX = {
 
 
 def recorded(dsn):
-    with psycopg.connect(dsn) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT filename FROM public.schema_migrations ORDER BY filename").fetchall()]
+    return [row[0] for row in dbs.history(dsn)]
 
 
 def tables(dsn):
-    with psycopg.connect(dsn) as conn:
-        return sorted(r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename NOT LIKE 'schema_migrations%' "
-            "AND tablename <> 'slow_control'").fetchall())
+    return dbs.tables(dsn, exclude=("schema_migrations", "schema_migrations_inflight", "slow_control"))
 
 
 def lock_free(dsn, module="aword_memory"):

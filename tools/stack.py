@@ -1,58 +1,56 @@
-"""Stack operations behind the Makefile: `python -m tools.stack up|preview|drift|destroy --stack NAME`.
+"""Stack operations behind the Makefile: `python -m tools.stack up|preview|drift|destroy|recover --stack NAME`.
 
-For the ``dev`` stack it starts the embedded PostgreSQL, creates the
-``llmemory`` database and writes the ``postgresql:*`` config (password as a
-secret).  Other stacks use the config their owner set (see README).
+Drives the pulumi CLI through Pulumi's Automation API, as the tests do; the CLI's own output is streamed as
+it comes. For the ``dev`` stack it starts the embedded PostgreSQL, creates the ``llmemory`` database and writes
+the ``postgresql:*`` config (password as a secret). Other stacks use the config their owner set (see README).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Dict, Union
+
+from pulumi import automation as auto
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state"
 DEV_DATABASE = "llmemory"
-DEV_CONFIG = {"llmemory-db:runtimeRoles": ["llmemory_app"], "llmemory-db:createRuntimeRoles": True}
+DEV_CONFIG: Dict[str, Union[str, bool, list]] = {
+    "llmemory-db:runtimeRoles": ["llmemory_app"], "llmemory-db:createRuntimeRoles": True}
 
 
 def log(message: str) -> None:
     print(f"[stack] {message}", file=sys.stderr, flush=True)
 
 
-def pulumi(*args: str, check: bool = True, capture: bool = False, stack: str = "") -> subprocess.CompletedProcess:
-    cmd = ["pulumi", *args, "--non-interactive"]
-    if stack:
-        cmd += ["--stack", stack]
-    result = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=capture)
-    if check and result.returncode != 0:
-        if capture:
-            sys.stderr.write(result.stdout + result.stderr)
-        raise SystemExit(result.returncode)
-    return result
+def echo(line: str) -> None:
+    print(line, end="" if line.endswith("\n") else "\n", flush=True)
 
 
-def ensure_backend_and_stack(stack: str) -> None:
+def open_stack(name: str) -> auto.Stack:
+    """The project's stack ``name`` (created on first use: local file backend, passphrase secrets)."""
     backend = os.environ.get("PULUMI_BACKEND_URL", "")
     if backend.startswith("file://"):
         Path(backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
     if not os.environ.get("PULUMI_CONFIG_PASSPHRASE") and not os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
-        raise SystemExit(f"error: stack {stack!r} needs its secrets passphrase: export PULUMI_CONFIG_PASSPHRASE "
+        raise SystemExit(f"error: stack {name!r} needs its secrets passphrase: export PULUMI_CONFIG_PASSPHRASE "
                          "(or PULUMI_CONFIG_PASSPHRASE_FILE); only the dev stack has a built-in one")
-    stacks = pulumi("stack", "ls", "--json", capture=True)
-    if stack not in {s["name"] for s in json.loads(stacks.stdout or "[]")}:
-        log(f"creating stack {stack} (local file backend, passphrase secrets)")
-        pulumi("stack", "init", stack, "--secrets-provider", "passphrase", capture=True)
+    options = auto.LocalWorkspaceOptions(work_dir=str(ROOT), secrets_provider="passphrase")
+    try:
+        return auto.select_stack(stack_name=name, work_dir=str(ROOT), opts=options)
+    except auto.StackNotFoundError:
+        log(f"creating stack {name} (local file backend, passphrase secrets)")
+        return auto.create_stack(stack_name=name, work_dir=str(ROOT), opts=options)
 
 
-def configure_dev(stack: str) -> None:
+def configure_dev(stack: auto.Stack) -> None:
     sys.path.insert(0, str(ROOT))
-    from tools.pgserver import HOST, SUPERUSER, Server
     import psycopg
+
+    from tools.pgserver import HOST, SUPERUSER, Server
 
     server = Server(STATE / "pg").start()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
@@ -61,21 +59,41 @@ def configure_dev(stack: str) -> None:
             conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
     wanted = {"postgresql:host": HOST, "postgresql:port": str(server.port), "postgresql:username": SUPERUSER,
               "postgresql:database": DEV_DATABASE, "postgresql:sslmode": "disable", **DEV_CONFIG}
-    current = json.loads(pulumi("config", "--json", "--show-secrets", capture=True, stack=stack).stdout or "{}")
+    current = stack.get_all_config()
+    changes: Dict[str, auto.ConfigValue] = {}
     for key, value in wanted.items():
-        entry = current.get(key, {})
-        have = entry.get("objectValue", entry.get("value"))
-        if have == value or (isinstance(value, bool) and str(have).lower() == str(value).lower()):
-            continue
         if isinstance(value, list):
-            pulumi("config", "rm", key, capture=True, check=False, stack=stack)
-            for index, item in enumerate(value):
-                pulumi("config", "set", "--path", f"{key}[{index}]", item, capture=True, stack=stack)
-        else:
-            pulumi("config", "set", key, str(value).lower() if isinstance(value, bool) else value,
-                   capture=True, stack=stack)
-    if current.get("postgresql:password", {}).get("value") != server.password:
-        pulumi("config", "set", "--secret", "postgresql:password", server.password, capture=True, stack=stack)
+            have = current.get(key)
+            if have is None or have.value != _json(value):
+                if have is not None:
+                    stack.remove_config(key)
+                changes.update({f"{key}[{i}]": auto.ConfigValue(item) for i, item in enumerate(value)})
+            continue
+        text = str(value).lower() if isinstance(value, bool) else value
+        if current.get(key) is None or current[key].value != text:
+            changes[key] = auto.ConfigValue(text)
+    if changes:
+        stack.set_all_config(changes, path=True)
+    password = current.get("postgresql:password")
+    if password is None or password.value != server.password:
+        stack.set_config("postgresql:password", auto.ConfigValue(server.password, secret=True))
+
+
+def _json(value: list) -> str:
+    import json
+    return json.dumps(value, separators=(",", ":"))
+
+
+def run(operation: Callable[[], object]) -> int:
+    """Run a stack operation, its output streamed; on failure print the CLI's error and return its exit code."""
+    try:
+        operation()
+        return 0
+    except auto.CommandError as exc:
+        text = str(exc)
+        print(text.split("\n stderr: ", 1)[-1].rstrip(), file=sys.stderr)
+        code = text.split("code: ", 1)[-1].split("\n", 1)[0].strip()
+        return int(code) if code.isdigit() and int(code) else 1
 
 
 def main(argv=None) -> int:
@@ -84,31 +102,33 @@ def main(argv=None) -> int:
     parser.add_argument("--stack", default="dev")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    ensure_backend_and_stack(args.stack)
+    stack = open_stack(args.stack)
     if args.stack == "dev":
-        configure_dev(args.stack)
+        configure_dev(stack)
     if args.command == "up":
-        pulumi("up", "--yes", "--skip-preview", stack=args.stack)
-        pulumi("stack", "output", stack=args.stack)
+        code = run(lambda: stack.up(on_output=echo))  # the CLI prints the outputs
     elif args.command == "preview":
-        pulumi("preview", "--diff", stack=args.stack)
+        code = run(lambda: stack.preview(diff=True, on_output=echo))
     elif args.command == "drift":
-        result = pulumi("preview", "--refresh", "--expect-no-changes", "--diff", check=False, stack=args.stack)
-        if result.returncode != 0:
-            log(f"drift detected in stack {args.stack} (or the preview failed): see above")
-            return result.returncode
-        log(f"no drift in stack {args.stack}")
+        code = run(lambda: stack.preview(refresh=True, expect_no_changes=True, diff=True, on_output=echo))
+        log(f"drift detected in stack {args.stack} (or the preview failed): see above" if code
+            else f"no drift in stack {args.stack}")
     elif args.command == "destroy":
-        pulumi("destroy", "--yes", "--skip-preview", stack=args.stack)
-    elif args.command == "recover":
+        code = run(lambda: stack.destroy(on_output=echo))
+    else:  # recover
         # after a `pulumi up` that was killed: its lock, then its pending operations. Safe for the migrations:
         # each one committed whole or not at all, and the next up applies whatever is not recorded.
         log("removing the killed run's lock (pulumi cancel): make sure no other `pulumi up` of this stack runs")
-        pulumi("cancel", "--yes", stack=args.stack)
-        pulumi("refresh", "--yes", "--skip-preview", "--clear-pending-creates", stack=args.stack)
-        log(f"recovered: run `make up STACK={args.stack}` to finish the deployment")
-    log(f"{args.command} {args.stack} done in {time.monotonic() - started:.1f}s")
-    return 0
+        try:
+            stack.cancel()
+        except auto.CommandError:
+            log("no lock to remove (no update of this stack was interrupted)")
+        code = run(lambda: stack.refresh(clear_pending_creates=True, on_output=echo))
+        if code == 0:
+            log(f"recovered: run `make up STACK={args.stack}` to finish the deployment")
+    if code == 0:
+        log(f"{args.command} {args.stack} done in {time.monotonic() - started:.1f}s")
+    return code
 
 
 if __name__ == "__main__":

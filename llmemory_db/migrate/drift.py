@@ -18,7 +18,7 @@ from psycopg import sql
 
 from .errors import InterruptedMigrationError, MigrationError
 from .files import Migration
-from .history import rollback
+from .history import HistoryStore, rollback
 from .lint import parse
 from .objects import ManagedObjects, managed_objects
 from .render import render
@@ -107,6 +107,13 @@ def inspect(conn: psycopg.Connection, schema: Optional[str], managed: ManagedObj
         key = f"{kind} {name}" if kind == "extension" else f"{kind} {shown}.{name}"
         found[key] = _digest(definition)
     return dict(sorted(found.items()))
+
+
+def privilege_drift(conn: psycopg.Connection, settings: Settings) -> List[str]:
+    """Privileges on the history (table, sequence, in-flight table) that the schema's default privileges gave
+    other roles, in the drift check's words; the next apply revokes them."""
+    return [f"privilege {', '.join(privileges)} on {kind.lower()} {name} to {grantee}: added"
+            for kind, name, grantee, privileges in HistoryStore(conn, settings).default_privilege_leaks()]
 
 
 def engine_tables(settings: Settings) -> List[str]:

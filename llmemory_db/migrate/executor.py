@@ -23,6 +23,7 @@ from .history import APPLIED_MARK, BUSY_MARK, HistoryStore, marked, ms, rollback
 from .plan import Plan, plan
 from .render import render
 from .settings import Settings
+from .startup import ensure_startup_role
 
 CLIENT_CHECK_INTERVAL = "1s"  # how soon the server notices a dead client and rolls its migration back
 
@@ -61,10 +62,11 @@ class ApplyResult:
     missing: List[str]
     warnings: List[LintIssue] = field(default_factory=list)
     duration_ms: float = 0.0
+    revoked: List[str] = field(default_factory=list)  # privileges on the history that default privileges gave
 
     def as_dict(self) -> dict:
         return {"applied": self.applied, "skipped": self.skipped, "pending": [],
-                "checksums": self.checksums, "missing": self.missing,
+                "checksums": self.checksums, "missing": self.missing, "revoked": self.revoked,
                 "warnings": [str(w) for w in self.warnings], "duration_ms": round(self.duration_ms, 1)}
 
 
@@ -181,8 +183,10 @@ def _apply(conn: psycopg.Connection, settings: Settings,
         (applied if done else skipped).append(migration.filename)
         if done and on_progress:
             on_progress(migration.filename)
+    revoked = store.strip_default_privileges()  # no role but the migrations' may write the history
+    revoked += ensure_startup_role(conn, settings)  # and what pgdbm at start-up needs
     return ApplyResult(applied, skipped, current.plan.checksums, current.plan.missing, warnings,
-                       (time.perf_counter() - started) * 1000)
+                       (time.perf_counter() - started) * 1000, revoked)
 
 
 def _apply_in_transaction(store: HistoryStore, migration: Migration, rendered: str, committed: List[str],

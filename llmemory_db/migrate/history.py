@@ -169,7 +169,8 @@ class HistoryStore:
         """BEGIN and wait, at most lock_wait_timeout, for the module's lock (the wait of a busy lock)."""
         conn = self.conn
         try:
-            conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; {}").format(
+            conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; {}; "
+                                 "SET LOCAL statement_timeout = DEFAULT").format(
                 sql.Literal(ms(self.settings.lock_wait_timeout)), self.lock_sql()))
         except psycopg.errors.LockNotAvailable:
             rollback(conn)
@@ -181,13 +182,14 @@ class HistoryStore:
     def lock_session(self) -> None:
         """Take the module's lock for the session (no-transaction files), waiting at most lock_wait_timeout."""
         conn = self.conn
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(ms(self.settings.lock_wait_timeout))))
+        conn.execute(sql.SQL("SET lock_timeout = {}; SET statement_timeout = 0").format(
+            sql.Literal(ms(self.settings.lock_wait_timeout))))
         try:
             conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(self.lock_key()))
         except psycopg.errors.LockNotAvailable:
             raise self.lock_timeout_error() from None
         finally:
-            conn.execute("RESET lock_timeout")
+            conn.execute("RESET lock_timeout; RESET statement_timeout")
 
     def unlock_session(self) -> None:
         self.conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(self.lock_key()))
@@ -284,6 +286,30 @@ class HistoryStore:
             self.insert_sql(migration, with_version, elapsed_ms), self.settings.inflight_ident,
             self._inflight_where(migration.filename)))
 
+    # ------------------------------------------------------------------ privileges
+    def default_privilege_leaks(self) -> List[Tuple[str, str, str, List[str]]]:
+        """What the schema's default privileges gave other roles on the engine's own tables: (TABLE or SEQUENCE,
+        qualified name, grantee, privileges). Default privileges meant for the migrations' tables (runtime roles'
+        CRUD) also cover the history table, its id sequence and the in-flight table when the engine creates them
+        in that schema: a runtime role could then rewrite the history. SELECT on the history table is left alone
+        (runtime roles are granted it explicitly)."""
+        s = self.settings
+        rows = self.conn.execute(_LEAKS, {"history": s.history_ident.as_string(self.conn),
+                                          "inflight": s.inflight_ident.as_string(self.conn)}).fetchall()
+        return [(kind, name, grantee, list(privileges)) for kind, name, grantee, privileges in rows]
+
+    def strip_default_privileges(self) -> List[str]:
+        """Revoke :meth:`default_privilege_leaks`; returns what was revoked, in words."""
+        done = []
+        for kind, name, grantee, privileges in self.default_privilege_leaks():
+            schema, table = name.split(".", 1)
+            self.conn.execute(sql.SQL("REVOKE {} ON {} {} FROM {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in privileges if p.replace(" ", "").isalpha()),
+                sql.SQL(kind), sql.Identifier(schema, table),
+                sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)))
+            done.append(f"revoked {', '.join(privileges)} on {kind.lower()} {name} from {grantee} (given by default privileges)")
+        return done
+
     # ------------------------------------------------------------------ operator commands
     def resolve(self, filename: str, action: str) -> str:
         """Settle an interrupted no-transaction migration: ``retry`` (the next run re-runs the whole file) or
@@ -343,3 +369,28 @@ class _Locked:
             self.store.conn.execute("COMMIT")
         else:
             rollback(self.store.conn)
+
+
+# The engine's relations (history table, its sequences, the in-flight table) and the privileges on them that match
+# a default privilege of their schema and owner: granted by ALTER DEFAULT PRIVILEGES, not on purpose.
+_LEAKS = """
+WITH engine AS (
+  SELECT c.oid, c.relkind, c.relowner, c.relnamespace, c.relacl, n.nspname || '.' || c.relname AS name
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.oid = to_regclass(%(history)s) OR c.oid = to_regclass(%(inflight)s)
+     OR c.oid IN (SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.refobjid IN (to_regclass(%(history)s), to_regclass(%(inflight)s)) AND d.deptype IN ('a', 'i'))
+), granted AS (
+  SELECT e.*, a.grantee, a.privilege_type FROM engine e, aclexplode(e.relacl) a WHERE a.grantee <> e.relowner
+)
+SELECT CASE g.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, g.name,
+       CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END,
+       array_agg(g.privilege_type ORDER BY g.privilege_type)
+FROM granted g
+WHERE NOT (g.oid = to_regclass(%(history)s) AND g.privilege_type = 'SELECT')
+  AND EXISTS (SELECT 1 FROM pg_default_acl d, aclexplode(d.defaclacl) a
+              WHERE d.defaclrole = g.relowner AND d.defaclnamespace IN (0, g.relnamespace)
+                AND d.defaclobjtype = CASE g.relkind WHEN 'S' THEN 'S' ELSE 'r' END
+                AND a.grantee = g.grantee AND a.privilege_type = g.privilege_type)
+GROUP BY 1, 2, 3 ORDER BY 2, 3
+"""

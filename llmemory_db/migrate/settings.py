@@ -24,9 +24,11 @@ from psycopg import sql
 
 from .errors import MigrationError
 from .render import check_identifier
+from .source import find_package, pgdbm_history_table
 
 DEFAULT_MODULE = "aword_memory"
 DEFAULT_HISTORY_TABLE = "public.schema_migrations"
+DEFAULT_MIGRATIONS_DIR = "migrations"
 POOL_MODES = ("auto", "session", "transaction")
 
 
@@ -38,17 +40,22 @@ def _meta(help: str, cli: Optional[str] = None, config: Optional[str] = None, **
 class Settings:
     """Where and how a module's migrations are applied (every field has a default)."""
 
-    migrations_dir: Union[str, Path] = field(default="migrations", metadata=_meta(
-        "folder of *.sql migration files", "--dir", "migrationsDir"))
+    migrations_dir: Optional[Union[str, Path]] = field(default=None, metadata=_meta(
+        "folder of *.sql migration files (default: migrations, or the package's folder)", "--dir", "migrationsDir"))
+    migrations_package: Optional[str] = field(default=None, metadata=_meta(
+        "deploy the migrations shipped inside an installed Python package (a pgdbm library), e.g. llmemory or "
+        "mylib:db/migrations; module and history then default to the package's pgdbm layout",
+        "--package", "migrationsPackage"))
     schema: Optional[str] = field(default=None, metadata=_meta(
         "target schema; none = standalone mode (the default schema, usually public)", "--schema", "schema"))
-    module_name: str = field(default=DEFAULT_MODULE, metadata=_meta(
-        "module name in the history table (pgdbm's module_name)", "--module", "moduleName"))
-    history_table: str = field(default=DEFAULT_HISTORY_TABLE, metadata=_meta(
-        "history table, table or schema.table (pgdbm 0.5 keeps it in <schema>.schema_migrations)",
-        "--history-table", "historyTable"))
+    module_name: Optional[str] = field(default=None, metadata=_meta(
+        "module name in the history table (pgdbm's module_name; default aword_memory, or the package's name)",
+        "--module", "moduleName"))
+    history_table: Optional[str] = field(default=None, metadata=_meta(
+        "history table, table or schema.table (default public.schema_migrations; with a package, pgdbm 0.5's "
+        "<schema>.schema_migrations)", "--history-table", "historyTable"))
     lock_wait_timeout: float = field(default=60.0, metadata=_meta(
-        "seconds to wait for the module's migration lock (pgdbm's advisory lock); 0 = do not wait",
+        "seconds to wait for the module's migration lock (pgdbm's advisory lock); 0 = as long as it takes",
         "--lock-wait", "lockWaitTimeout"))
     lock_timeout: Optional[float] = field(default=None, metadata=_meta(
         "PostgreSQL lock_timeout in seconds while a migration runs; 0 or none = wait for locks forever",
@@ -64,6 +71,14 @@ class Settings:
     extensions: Tuple[str, ...] = field(default=(), metadata=_meta(
         "extensions the schema depends on: watched by the drift check (MigratedSchema also creates them)",
         "--extension", "extensions"))
+    startup_role: Optional[str] = field(default=None, metadata=_meta(
+        "the role an application's pgdbm runs its start-up check as (llmemory 0.5 always does): it gets the "
+        "history table's ownership, which that check needs, and nothing else of the kind", "--startup-role",
+        "startupRole"))
+    startup_guard: bool = field(default=True, metadata=_meta(
+        "with a start-up role: an event trigger and a history trigger let that role run pgdbm's no-op check "
+        "and nothing else (no DDL, no history writes); needs a superuser or a managed service's admin",
+        None, "startupGuard"))
     drop_on_destroy: bool = field(default=False, metadata=_meta(
         "pulumi destroy drops the schema (standalone: the module's tables) and forgets the history",
         None, "dropOnDestroy"))
@@ -75,6 +90,7 @@ class Settings:
         object.__setattr__(self, "extensions", tuple(self.extensions or ()))
         if self.schema == "":
             object.__setattr__(self, "schema", None)
+        self._resolve_defaults()
         if self.schema is not None:
             check_identifier(self.schema, "schema name")
         if not isinstance(self.module_name, str) or not re.match(r"^[A-Za-z0-9_.\-]{1,100}$", self.module_name):
@@ -92,6 +108,33 @@ class Settings:
                                      remedy=f"set {name} to a number of seconds, e.g. 30")
         for extension in self.extensions:
             check_identifier(extension, "extension name")
+        if self.startup_role is not None:
+            check_identifier(self.startup_role, "start-up role")
+
+    def _resolve_defaults(self) -> None:
+        """Defaults that depend on other settings: a package's folder, module and pgdbm history layout."""
+        def default(name: str, value: Any) -> None:
+            if getattr(self, name) in (None, ""):
+                object.__setattr__(self, name, value)
+
+        if self.migrations_package:
+            source = find_package(self.migrations_package)
+            if self.migrations_dir not in (None, "") and Path(self.migrations_dir).resolve() != source.folder:
+                raise MigrationError(
+                    f"Both migrations_dir ({self.migrations_dir}) and migrations_package "
+                    f"({self.migrations_package}) are set", remedy="set one of them: the package's folder is used "
+                                                                   "when migrations_package is set")
+            object.__setattr__(self, "migrations_dir", str(source.folder))
+            default("module_name", source.package)
+            default("history_table", pgdbm_history_table(self.schema))
+        default("migrations_dir", DEFAULT_MIGRATIONS_DIR)
+        default("module_name", DEFAULT_MODULE)
+        default("history_table", DEFAULT_HISTORY_TABLE)
+
+    @property
+    def package(self):
+        """The installed package the migrations come from (``PackageSource``), or None."""
+        return find_package(self.migrations_package) if self.migrations_package else None
 
     # ------------------------------------------------------------------ derived names
     @property
@@ -164,6 +207,8 @@ class Settings:
             if value is None:
                 continue
             if name == "migrations_dir":
+                if self.migrations_package:
+                    continue  # found again from the package wherever the provider runs
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
