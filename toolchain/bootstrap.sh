@@ -4,6 +4,7 @@
 # downloaded on our machines). See toolchain/README.md.
 #
 #   bin=$(toolchain/bootstrap.sh | tail -n 1) && export PATH="$bin:$PATH"
+#   sdkgen=$(toolchain/bootstrap.sh --sdkgen | tail -n 1)    # the SDK generator (see toolchain/README.md)
 #
 # The LAST line on stdout is the absolute path of the directory holding `pulumi`;
 # all progress goes to stderr. Builds go to a per-version cache directory
@@ -35,6 +36,7 @@ plugin_dir="$pulumi_home/plugins/resource-postgresql-v${POSTGRESQL_PLUGIN_VERSIO
 cli_mod="$here/modules/pulumi-cli"
 lh_mod="$here/modules/pulumi-language-python"
 yaml_mod="$here/modules/pulumi-language-yaml"
+sdkgen_mod="$here/sdkgen"
 pg_mod="$here/postgresql-provider"
 
 # Every input of the build goes into the cache key, so editing a pin or a go.mod
@@ -195,9 +197,34 @@ take_lock() {
     fi
 }
 
+# sdkgen: Pulumi's own SDK generators (pkg/v3 codegen at the CLI's version) in a small command that needs no
+# language host; its own cache directory (not part of the toolchain's key), built with the same pinned modules.
+build_sdkgen() {
+    local fp
+    fp=$(cat "$sdkgen_mod"/go.mod "$sdkgen_mod"/go.sum "$sdkgen_mod"/*.go | sha256sum | cut -c1-12)
+    key="sdkgen-v${PULUMI_CLI_VERSION}_${fp}"
+    root="$cache_root/$key"
+    if [ ! -x "$root/bin/sdkgen" ]; then
+        check_go
+        check_pins "$sdkgen_mod/go.mod" "github.com/pulumi/pulumi/pkg/v3 v${PULUMI_CLI_VERSION}"
+        take_lock
+        if [ ! -x "$root/bin/sdkgen" ]; then
+            log "building sdkgen (SDK generator, pulumi pkg/v3 v${PULUMI_CLI_VERSION} codegen) into $root..."
+            run_go_build sdkgen "$sdkgen_mod" "$root/bin/sdkgen" . ""
+        fi
+    fi
+    log "sdkgen ready in $(( $(date +%s) - t0 ))s: $root/bin/sdkgen"
+    printf '%s\n' "$root/bin/sdkgen"
+}
+
 # The whole flow lives in a function so that bash has parsed all of it before
 # anything runs (editing this file during a long build cannot derail that build).
 main() {
+    if [ "${1:-}" = "--sdkgen" ]; then
+        build_sdkgen
+        exit 0
+    fi
+
     # --- 1. a Pulumi CLI that is already installed --------------------------------
 
     if [ "${TOOLCHAIN_IGNORE_PATH_PULUMI:-}" != 1 ] && path_pulumi=$(command -v pulumi 2>/dev/null); then

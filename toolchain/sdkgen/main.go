@@ -1,7 +1,10 @@
-// sdkgen: generate a Pulumi SDK from a package schema with the CLI's own code generators (pkg/v3 codegen),
-// without the language hosts `pulumi package gen-sdk` would need.
+// sdkgen: generate a Pulumi SDK from a package schema with the CLI's own code generators (pkg/v3 codegen at the
+// CLI's version), without the language hosts `pulumi package gen-sdk` would need (this toolchain has no
+// nodejs/go host, and its Python host predates GeneratePackage).
 //
 //	sdkgen <python|nodejs|go> <schema.json> <out dir>
+//
+// Built by `toolchain/bootstrap.sh --sdkgen` into the toolchain cache; used by `python -m tools.sdk`.
 package main
 
 import (
