@@ -30,23 +30,30 @@ def echo(line: str) -> None:
     print(line, end="" if line.endswith("\n") else "\n", flush=True)
 
 
-def open_stack(name: str) -> auto.Stack:
-    """The project's stack ``name`` (created on first use: local file backend, passphrase secrets)."""
+def open_stack(name: str, work_dir: Path = ROOT) -> auto.Stack:
+    """The stack ``name`` of the project in ``work_dir`` (created on first use: local file backend, passphrase
+    secrets)."""
     backend = os.environ.get("PULUMI_BACKEND_URL", "")
     if backend.startswith("file://"):
         Path(backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
     if not os.environ.get("PULUMI_CONFIG_PASSPHRASE") and not os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
         raise SystemExit(f"error: stack {name!r} needs its secrets passphrase: export PULUMI_CONFIG_PASSPHRASE "
                          "(or PULUMI_CONFIG_PASSPHRASE_FILE); only the dev stack has a built-in one")
-    options = auto.LocalWorkspaceOptions(work_dir=str(ROOT), secrets_provider="passphrase")
+    options = auto.LocalWorkspaceOptions(work_dir=str(work_dir), secrets_provider="passphrase")
     try:
-        return auto.select_stack(stack_name=name, work_dir=str(ROOT), opts=options)
+        return auto.select_stack(stack_name=name, work_dir=str(work_dir), opts=options)
     except auto.StackNotFoundError:
         log(f"creating stack {name} (local file backend, passphrase secrets)")
-        return auto.create_stack(stack_name=name, work_dir=str(ROOT), opts=options)
+        return auto.create_stack(stack_name=name, work_dir=str(work_dir), opts=options)
 
 
 def configure_dev(stack: auto.Stack) -> None:
+    configure_embedded(stack, DEV_DATABASE, DEV_CONFIG)
+
+
+def configure_embedded(stack: auto.Stack, database: str, config: Dict[str, Union[str, bool, list]]) -> None:
+    """Point ``stack`` at ``database`` on the embedded server (started, the database created if missing): the
+    ``postgresql:*`` config (password as a secret), plus ``config``."""
     sys.path.insert(0, str(ROOT))
     import psycopg
 
@@ -54,11 +61,11 @@ def configure_dev(stack: auto.Stack) -> None:
 
     server = Server(STATE / "pg").start()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEV_DATABASE,)).fetchone():
-            log(f"creating database {DEV_DATABASE}")
-            conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            log(f"creating database {database}")
+            conn.execute(f'CREATE DATABASE "{database}"')
     wanted = {"postgresql:host": HOST, "postgresql:port": str(server.port), "postgresql:username": SUPERUSER,
-              "postgresql:database": DEV_DATABASE, "postgresql:sslmode": "disable", **DEV_CONFIG}
+              "postgresql:database": database, "postgresql:sslmode": "disable", **config}
     current = stack.get_all_config()
     changes: Dict[str, auto.ConfigValue] = {}
     for key, value in wanted.items():
