@@ -77,6 +77,8 @@ def complete_schema(schema: Dict[str, Any]) -> Dict[str, Any]:
     connection = schema.get("types", {}).get(f"{PACKAGE}:index:Connection")
     if connection:
         connection["properties"]["password"]["secret"] = True
+    # SDKs that are whole packages of their language (a go.mod, a pyproject.toml): usable from a local folder
+    schema.setdefault("meta", {})["supportPack"] = True
     schema.setdefault("description", "PostgreSQL schemas as infrastructure: templated SQL migrations (pgdbm's "
                                      "layout), extensions and grants for llmemory and other applications")
     return schema
