@@ -144,6 +144,7 @@ def _sdk_site(tmp_path: Path) -> Path:
         (generated["nodejs"] / "migratedSchema.ts").read_text()
     assert "func NewMigratedSchema(ctx *pulumi.Context" in \
         (generated["go"] / "llmemorydb" / "migratedSchema.go").read_text()
+    assert (generated["go"] / "go.mod").read_text().startswith("module example.com/pulumi-llmemory-db/sdk/go\n")
     site = tmp_path / "site"
     shutil.copytree(generated["python"] / "pulumi_llmemory_db", site / "pulumi_llmemory_db")
     meta = site / "pulumi_llmemory_db-0.2.0.dist-info"
