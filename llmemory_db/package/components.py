@@ -3,7 +3,7 @@
 The annotations below are the package's schema (``pulumi.provider.experimental`` reads them at run time: no
 ``from __future__ import annotations`` in this module). A property without a docstring here gets the description
 of the engine's :class:`~llmemory_db.migrate.Settings` field of the same name (``server.complete_schema``), and
-every default is ``Settings``' own: arguments left out are simply not passed on.
+every default is the Python component's (``Settings``' for the settings): arguments left out are not passed on.
 """
 import sys
 from typing import Any, Dict, List, Optional, Tuple, TypedDict
