@@ -75,21 +75,25 @@ def fail(error: Exception) -> Exception:
 _watching = threading.Lock()
 
 
-def watch_engine(interval: float = 1.0) -> None:
+def watch_engine(interval: float = 1.0, engine: Optional[str] = None) -> None:
     """Exit this provider process when the pulumi engine that started it is gone.
 
     The CLI starts plugins in process groups of their own, so a SIGKILLed ``pulumi up`` leaves the dynamic
     provider running (and Python's dynamic provider host never notices). Pulumi's Go plugins check the engine's
-    health; this does the same for ours: the engine's address is the host's argument, and once it refuses
-    connections the process exits, its connection closes, and the server rolls back a migration in progress
-    (client_connection_check_interval): the database holds the whole migration or none of it."""
+    health; this does the same for ours: the engine's address is the host's argument (or ``engine``: the
+    package's plugin passes its own), and once it refuses connections the process exits, its connection closes,
+    and the server rolls back a migration in progress (client_connection_check_interval): the database holds the
+    whole migration or none of it."""
     if not _watching.acquire(blocking=False):
         return
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if getattr(spec, "name", "") != "pulumi.dynamic.__main__" or len(sys.argv) < 2 or ":" not in sys.argv[1]:
-        return  # not the provider host (a test, the program itself)
-    host, _, port = sys.argv[1].rpartition(":")
+    if engine is None:
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if getattr(spec, "name", "") != "pulumi.dynamic.__main__" or len(sys.argv) < 2 or ":" not in sys.argv[1]:
+            _watching.release()
+            return  # not the provider host (a test, the program itself)
+        engine = sys.argv[1]
+    host, _, port = engine.rpartition(":")
 
     def loop() -> None:
         misses = 0

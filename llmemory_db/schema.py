@@ -68,6 +68,16 @@ class MigratedSchema(pulumi.ComponentResource):
     drift: pulumi.Output[list]
     package_version: pulumi.Output[str]
 
+    # The children that run the engine: dynamic resources here; the Pulumi package (llmemory_db.package) uses a
+    # subclass whose children are custom resources served by its own plugin, for programs in any language.
+    _migrations_class = Migrations
+    _extension_check_class = ExtensionCheck
+
+    def _postgresql_provider(self, name: str, args: MigratedSchemaArgs,
+                             conn: ConnectionArgs) -> Optional[postgresql.Provider]:
+        """The provider of the schema, extension and grant resources (the package makes one from ``connection``)."""
+        return args.provider
+
     def __init__(self, name: str, args: Optional[MigratedSchemaArgs] = None,
                  opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("llmemory-db:index:MigratedSchema", name, None, opts)
@@ -79,7 +89,8 @@ class MigratedSchema(pulumi.ComponentResource):
         conn = ConnectionArgs.from_config(args.connection)
         _claim_history(name, conn, settings)
 
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        provider = self._postgresql_provider(name, args, conn)
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
         keep = pulumi.ResourceOptions(retain_on_delete=not args.drop_on_destroy)
         database = conn.database
         schema_name = args.schema or "public"
@@ -102,9 +113,10 @@ class MigratedSchema(pulumi.ComponentResource):
                                         keep, adopting(f"{database}.{args.schema}")))))
         for extension in args.extensions:
             # shared by everything in the database: created if missing, never dropped by destroy
-            key = (id(args.provider), str(database), extension)
+            key = (id(provider), str(database), extension)
             if key not in _EXTENSIONS:
-                check = ExtensionCheck(f"{name}-ext-{extension}-check", extension, args.connection, opts=chained())
+                check = self._extension_check_class(f"{name}-ext-{extension}-check", extension, args.connection,
+                                                    opts=chained())
                 _EXTENSIONS[key] = postgresql.Extension(
                     f"{name}-ext-{extension}", name=extension, schema="public", database=database,
                     opts=chained(pulumi.ResourceOptions.merge(pulumi.ResourceOptions(
@@ -132,7 +144,8 @@ class MigratedSchema(pulumi.ComponentResource):
 
         # (never imported: the Python dynamic-provider host cannot read a resource it has no pickled provider for;
         # created over an existing history it applies nothing, reads the history back and records the schema)
-        migrations = after(Migrations(f"{name}-migrations", migration_args, opts=chained(), validated=validated))
+        migrations = after(self._migrations_class(f"{name}-migrations", migration_args, opts=chained(),
+                                                  validated=validated))
         history_schema, history_name = settings.history_parts
         managed = migrations.managed_objects
 

@@ -4,6 +4,7 @@
 # downloaded on our machines). See toolchain/README.md.
 #
 #   bin=$(toolchain/bootstrap.sh | tail -n 1) && export PATH="$bin:$PATH"
+#   sdkgen=$(toolchain/bootstrap.sh --sdkgen | tail -n 1)    # the SDK generator (see toolchain/README.md)
 #
 # The LAST line on stdout is the absolute path of the directory holding `pulumi`;
 # all progress goes to stderr. Builds go to a per-version cache directory
@@ -34,6 +35,8 @@ plugin_dir="$pulumi_home/plugins/resource-postgresql-v${POSTGRESQL_PLUGIN_VERSIO
 
 cli_mod="$here/modules/pulumi-cli"
 lh_mod="$here/modules/pulumi-language-python"
+yaml_mod="$here/modules/pulumi-language-yaml"
+sdkgen_mod="$here/sdkgen"
 pg_mod="$here/postgresql-provider"
 
 # Every input of the build goes into the cache key, so editing a pin or a go.mod
@@ -41,14 +44,15 @@ pg_mod="$here/postgresql-provider"
 fingerprint=$(cat "$here/versions.env" "$here/pulumi-language-python.sh" \
     "$cli_mod"/go.mod "$cli_mod"/go.sum "$cli_mod"/*.go \
     "$lh_mod"/go.mod "$lh_mod"/go.sum "$lh_mod"/*.go \
+    "$yaml_mod"/go.mod "$yaml_mod"/go.sum "$yaml_mod"/*.go \
     "$pg_mod"/go.mod "$pg_mod"/go.sum "$pg_mod"/*.go | sha256sum | cut -c1-12)
-key="pulumi-v${PULUMI_CLI_VERSION}_py-sdk${PULUMI_LANGUAGE_PYTHON_SDK_VERSION}_postgresql-v${POSTGRESQL_PLUGIN_VERSION}_${fingerprint}"
+key="pulumi-v${PULUMI_CLI_VERSION}_py-sdk${PULUMI_LANGUAGE_PYTHON_SDK_VERSION}_yaml-v${PULUMI_YAML_VERSION}_postgresql-v${POSTGRESQL_PLUGIN_VERSION}_${fingerprint}"
 root="$cache_root/$key"
 bin="$root/bin"
 plugin_bin="$root/plugins/pulumi-resource-postgresql"
 
 bin_files=(pulumi pulumi-language-python pulumi-language-python-sdk379
-    pulumi-language-python-exec pulumi-resource-pulumi-python)
+    pulumi-language-python-exec pulumi-resource-pulumi-python pulumi-language-yaml)
 
 # Go's default install location is often not on PATH in non-login shells.
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
@@ -125,6 +129,7 @@ build_own_toolchain() {
         "github.com/pulumi/pulumi/pkg/v3 v${PULUMI_CLI_VERSION}" \
         "github.com/pulumi/pulumi/sdk/v3 v${PULUMI_CLI_VERSION}"
     check_pins "$lh_mod/go.mod" "github.com/pulumi/pulumi/sdk/v3 v${PULUMI_LANGUAGE_PYTHON_SDK_VERSION}"
+    check_pins "$yaml_mod/go.mod" "github.com/pulumi/pulumi-yaml v${PULUMI_YAML_VERSION}"
     mkdir -p "$bin"
 
     if [ ! -x "$bin/pulumi" ]; then
@@ -140,6 +145,13 @@ build_own_toolchain() {
             "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v${PULUMI_LANGUAGE_PYTHON_SDK_VERSION}"
     fi
     install -m 0755 "$here/pulumi-language-python.sh" "$bin/pulumi-language-python"
+
+    if [ ! -x "$bin/pulumi-language-yaml" ]; then
+        log "building YAML language host (pulumi-yaml v${PULUMI_YAML_VERSION}; a few minutes the first time)..."
+        run_go_build pulumi-language-yaml "$yaml_mod" "$bin/pulumi-language-yaml" \
+            github.com/pulumi/pulumi-yaml/cmd/pulumi-language-yaml \
+            "-X github.com/pulumi/pulumi-yaml/pkg/version.Version=v${PULUMI_YAML_VERSION}"
+    fi
 
     if [ ! -x "$bin/pulumi-language-python-exec" ] || [ ! -x "$bin/pulumi-resource-pulumi-python" ]; then
         local sdk_dir
@@ -185,9 +197,34 @@ take_lock() {
     fi
 }
 
+# sdkgen: Pulumi's own SDK generators (pkg/v3 codegen at the CLI's version) in a small command that needs no
+# language host; its own cache directory (not part of the toolchain's key), built with the same pinned modules.
+build_sdkgen() {
+    local fp
+    fp=$(cat "$sdkgen_mod"/go.mod "$sdkgen_mod"/go.sum "$sdkgen_mod"/*.go | sha256sum | cut -c1-12)
+    key="sdkgen-v${PULUMI_CLI_VERSION}_${fp}"
+    root="$cache_root/$key"
+    if [ ! -x "$root/bin/sdkgen" ]; then
+        check_go
+        check_pins "$sdkgen_mod/go.mod" "github.com/pulumi/pulumi/pkg/v3 v${PULUMI_CLI_VERSION}"
+        take_lock
+        if [ ! -x "$root/bin/sdkgen" ]; then
+            log "building sdkgen (SDK generator, pulumi pkg/v3 v${PULUMI_CLI_VERSION} codegen) into $root..."
+            run_go_build sdkgen "$sdkgen_mod" "$root/bin/sdkgen" . ""
+        fi
+    fi
+    log "sdkgen ready in $(( $(date +%s) - t0 ))s: $root/bin/sdkgen"
+    printf '%s\n' "$root/bin/sdkgen"
+}
+
 # The whole flow lives in a function so that bash has parsed all of it before
 # anything runs (editing this file during a long build cannot derail that build).
 main() {
+    if [ "${1:-}" = "--sdkgen" ]; then
+        build_sdkgen
+        exit 0
+    fi
+
     # --- 1. a Pulumi CLI that is already installed --------------------------------
 
     if [ "${TOOLCHAIN_IGNORE_PATH_PULUMI:-}" != 1 ] && path_pulumi=$(command -v pulumi 2>/dev/null); then

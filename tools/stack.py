@@ -46,36 +46,45 @@ def echo_error(line: str) -> None:
     print(line, end="" if line.endswith("\n") else "\n", file=sys.stderr, flush=True)
 
 
-def open_stack(name: str) -> auto.Stack:
-    """The project's stack ``name`` (created on first use: local file backend, passphrase secrets)."""
+def open_stack(name: str, work_dir: Path = ROOT) -> auto.Stack:
+    """The stack ``name`` of the project in ``work_dir`` (created on first use: local file backend, passphrase
+    secrets)."""
     backend = os.environ.get("PULUMI_BACKEND_URL", "")
     if backend.startswith("file://"):
         Path(backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
     if not os.environ.get("PULUMI_CONFIG_PASSPHRASE") and not os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
         raise SystemExit(f"error: stack {name!r} needs its secrets passphrase: export PULUMI_CONFIG_PASSPHRASE "
                          "(or PULUMI_CONFIG_PASSPHRASE_FILE); only the dev stack has a built-in one")
-    options = auto.LocalWorkspaceOptions(work_dir=str(ROOT), secrets_provider="passphrase")
+    options = auto.LocalWorkspaceOptions(work_dir=str(work_dir), secrets_provider="passphrase")
     try:
-        return auto.select_stack(stack_name=name, work_dir=str(ROOT), opts=options)
+        return auto.select_stack(stack_name=name, work_dir=str(work_dir), opts=options)
     except auto.StackNotFoundError:
         log(f"creating stack {name} (local file backend, passphrase secrets)")
-        return auto.create_stack(stack_name=name, work_dir=str(ROOT), opts=options)
+        return auto.create_stack(stack_name=name, work_dir=str(work_dir), opts=options)
 
 
 def configure_local(stack: auto.Stack, name: str) -> None:
+    """A stack of LOCAL_STACKS: its database on the embedded server and its settings."""
+    configure_embedded(stack, str(LOCAL_STACKS[name]["database"]), LOCAL_STACKS[name]["config"], name)
+
+
+def configure_embedded(stack: auto.Stack, database: str, config: Dict[str, Union[str, bool, list]],
+                       name: str = "") -> None:
+    """Point ``stack`` at ``database`` on the embedded server (started, the database created if missing): the
+    ``postgresql:*`` config (password as a secret), plus ``config`` (with createRuntimeRoles, a generated
+    runtime password kept in .state/<name>-runtime-password)."""
     sys.path.insert(0, str(ROOT))
     import psycopg
 
     from tools.pgserver import HOST, SUPERUSER, Server
 
-    database = str(LOCAL_STACKS[name]["database"])
     server = Server(STATE / "pg").start()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
             log(f"creating database {database}")
             conn.execute(f'CREATE DATABASE "{database}"')
     wanted = {"postgresql:host": HOST, "postgresql:port": str(server.port), "postgresql:username": SUPERUSER,
-              "postgresql:database": database, "postgresql:sslmode": "disable", **LOCAL_STACKS[name]["config"]}
+              "postgresql:database": database, "postgresql:sslmode": "disable", **config}
     current = stack.get_all_config()
     changes: Dict[str, auto.ConfigValue] = {}
     for key, value in wanted.items():
@@ -96,7 +105,7 @@ def configure_local(stack: auto.Stack, name: str) -> None:
         stack.set_config("postgresql:password", auto.ConfigValue(server.password, secret=True))
     if "llmemory-db:createRuntimeRoles" in wanted and current.get("llmemory-db:runtimePassword") is None:
         # the runtime roles log in with this password (the application's connection string)
-        secret = STATE / f"{name}-runtime-password"
+        secret = STATE / f"{name or stack.name}-runtime-password"
         if not secret.exists():
             import secrets
             secret.write_text(secrets.token_urlsafe(18))
