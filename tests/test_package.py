@@ -42,7 +42,7 @@ def described(schema):
 def test_schema_inputs_are_the_engine_settings_plus_the_component_own(schema):
     resource = schema["resources"][TOKEN]
     settings = set(Settings.config_keys().values())
-    assert set(resource["inputProperties"]) == settings | {"extensions", "runtimeRoles", "connection"}
+    assert set(resource["inputProperties"]) == settings | {"extensions", "runtimeRoles", "connection", "adopt"}
     assert resource["requiredInputs"] == ["schema"]
     assert set(resource["properties"]) == {"schemaName", "moduleName", "historyTable", "applied", "checksums",
                                            "pending", "fingerprint", "drift", "packageVersion"}

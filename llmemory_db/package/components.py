@@ -101,11 +101,19 @@ class MigratedSchemaArgs(TypedDict, total=False):
     """How to reach PostgreSQL (default: the stack's postgresql: config)."""
     lock_wait_timeout: float
     lock_timeout: float
+    lock_retry_timeout: float
     statement_timeout: float
     strict: bool
+    risk_policy: str
+    risk_min_rows: int
     pool_mode: str
+    baseline: str
+    baseline_trust: bool
     drop_on_destroy: bool
     accept_schema_drift: bool
+    adopt: bool
+    """An existing deployment without Pulumi state: import the schema and the extensions instead of creating them
+    (the migrations find their files recorded and apply nothing); set it for one update."""
 
 
 #: ConnectionArgs' fields that the engine's own connection (llmemory_db.migrations.ConnectionArgs) takes
