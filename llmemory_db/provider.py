@@ -336,3 +336,255 @@ class MigrationsProvider(ResourceProvider):
             raise fail(exc) from None
         dropped = f"dropped tables {', '.join(tables)} and " if tables else ""
         print(f"migrations: {dropped}forgot the history of {where}")
+
+
+# --------------------------------------------------------------------------- fleets (MigratedTenants)
+
+FLEET = ("history_template", "max_parallel", "canary", "wave_size", "on_error", "runtime_roles", "tenants_list",
+         "connections")
+FLEET_TRACKED = ("checksums",) + tuple(n for n in Settings.names() if n != "migrations_dir") + FLEET + ("managed",)
+
+
+def connection_key(conn: Dict[str, Any]) -> str:
+    """A readable key of a tenant's own connection: user@host:port/database."""
+    return f"{conn.get('username')}@{conn.get('host')}:{conn.get('port')}/{conn.get('database')}"
+
+
+def fleet_of(props: Dict[str, Any]):
+    """(FleetSettings, tenants) of a fleet's properties."""
+    from .migrate.fleet import FleetSettings, Tenant
+    fleet = FleetSettings(settings_of(props), history_template=props.get("history_template") or "{schema}.schema_migrations",
+                          max_parallel=int(props.get("max_parallel") or 4), canary=int(props.get("canary") or 0),
+                          wave_size=int(props.get("wave_size") or 0), on_error=props.get("on_error") or "stop",
+                          runtime_roles=tuple(props.get("runtime_roles") or ()))
+    tenants = [Tenant(t["schema"], t.get("database") or "") for t in props.get("tenants_list") or []]
+    return fleet, tenants
+
+
+def _connector(props: Dict[str, Any]):
+    connections = props.get("connections") or {}
+    return lambda key: connect(connections.get(key) or connections.get("") or props)
+
+
+def _tenant_files(status: Dict[str, Any], applied: Sequence[str]) -> List[str]:
+    return list(status["files"]) if "files" in status else list(applied)
+
+
+class FleetProvider(ResourceProvider):
+    """One dynamic resource for a whole fleet of tenants: check/diff are pure, create/update run the engine's fleet
+    executor, read re-reads every tenant's history and schema in one query per database, delete keeps data."""
+
+    def check(self, olds: Dict[str, Any], news: Dict[str, Any]) -> CheckResult:
+        from .migrate import risk
+        try:
+            fleet, tenants = fleet_of(news)
+            from .migrate.fleet import check_tenants
+            check_tenants(tenants)
+            applied = set((olds.get("checksums") or {})) if same(olds, news, ("module_name", "history_template")) \
+                else set()
+            pending = [m for m in migrate.load(fleet.base.migrations_dir) if m.filename not in applied]
+            probe = fleet.base.replace(schema=tenants[0].schema if tenants else "tenant")
+            rendered, warnings = migrate.lint_pending(pending, probe)
+            for warning in warnings:
+                print(f"warning: {warning}")
+            if pending:  # squawk's findings once for the module (the live sizes differ per tenant)
+                for line in risk.analyze(pending, rendered, probe).lines():
+                    print(f"tenants {news.get('module_name')}: risk: {line}")
+        except MigrationError as exc:
+            return CheckResult(news, [CheckFailure("tenants", str(exc))])
+        return CheckResult(news, [])
+
+    def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
+        old_sums, new_sums = olds.get("checksums") or {}, news.get("checksums") or {}
+        edited = [(n, old_sums[n], new_sums[n]) for n in sorted(new_sums) if n in old_sums and old_sums[n] != new_sums[n]]
+        if edited and same(olds, news, ("module_name", "history_template")):
+            raise fail(migrate.ChecksumMismatchError(edited[:1], news.get("module_name"),
+                                                     f"{news.get('history_template')} of every tenant"))
+        changed = [key for key in FLEET_TRACKED if key != "tenants_list" and _value(olds, key) != _value(news, key)]
+        statuses: Dict[str, Any] = olds.get("tenants") or {}
+        applied = olds.get("applied") or []
+        keys = [(t.get("database") + "/" if t.get("database") else "") + t["schema"] for t in news.get("tenants_list") or []]
+        new = [k for k in keys if k not in statuses]
+        removed = sorted(k for k in statuses if k not in set(keys))
+        groups: Dict[tuple, List[str]] = {}
+        for key in keys:
+            if key in statuses:
+                done = set(_tenant_files(statuses[key], applied))
+                waiting = tuple(n for n in sorted(new_sums) if n not in done)
+                if waiting or statuses[key].get("error"):
+                    groups.setdefault(waiting, []).append(key)
+        where = f"tenants {news.get('module_name')}"
+        if new:
+            changed.append("tenants")
+            print(f"{where}: {len(new)} new tenant(s) ({', '.join(new[:10])}{', ...' if len(new) > 10 else ''}): "
+                  f"{len(new_sums)} file(s) each")
+        for waiting, group in sorted(groups.items()):
+            changed.append("tenants")
+            failed = [k for k in group if statuses[k].get("error")]
+            what = f"{len(waiting)} pending file(s) ({', '.join(waiting)})" if waiting else "failed last time"
+            print(f"{where}: {len(keys)} tenants: {what} on {len(group)} tenant(s)"
+                  + (f", retrying failed: {', '.join(failed[:10])}" if failed else ""))
+        if removed:
+            changed.append("tenants")
+            fate = "dropped by this update (drop_on_destroy)" if news.get("drop_on_destroy") else \
+                "its schema and history are kept (drop_on_destroy is off)"
+            print(f"{where}: {len(removed)} tenant(s) removed ({', '.join(removed[:10])}): {fate}")
+        for tenant, lines in sorted((olds.get("drift") or {}).items()):
+            changed.append("drift")
+            print(f"{where}: schema drift in tenant {tenant}:\n  " + "\n  ".join(lines))
+        return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
+
+    def _apply(self, props: Dict[str, Any], olds: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        from .migrate import fleet as fleet_mod
+        watch_engine()
+        fleet, tenants = fleet_of(props)
+        connect_to = _connector(props)
+        try:
+            if olds is not None:
+                self._drop_removed(olds, props, tenants, connect_to)
+                self._refuse_drift(olds, fleet, tenants, connect_to)
+            result = fleet_mod.apply_fleet(fleet, tenants, connect_to, on_event=print)
+            statuses, objects, canonical = self._status(fleet, tenants, result, connect_to)
+        except MigrationError as exc:
+            raise fail(exc) from None
+        print(f"tenants {fleet.base.module_name}: {result.summary()} ({result.seconds:.1f}s)")
+        outs = dict(props)
+        outs.update(tenants=statuses, summary=result.summary(),
+                    failed={t.schema if not t.database else f"{t.database}/{t.schema}": t.error
+                            for t in result.failed},
+                    applied=sorted(result.checksums), objects=objects, fingerprint=canonical, drift={})
+        return outs
+
+    @staticmethod
+    def _status(fleet, tenants, result, connect_to):
+        """Per-tenant status for the outputs, and the fleet's canonical fingerprint (schema names factored out):
+        a tenant's own fingerprint is kept only where it differs."""
+        from collections import Counter
+
+        from .migrate import fleet as fleet_mod
+        managed = ManagedObjects()
+        maps: Dict[str, Dict[str, str]] = {}
+        by_db: Dict[str, list] = {}
+        for tenant in tenants:
+            by_db.setdefault(tenant.database, []).append(tenant)
+        for database, group in by_db.items():
+            with connect_to(database) as conn:
+                for schema, objects in fleet_mod.inspect_fleet(conn, fleet, group, managed).items():
+                    maps[f"{database}/{schema}" if database else schema] = objects
+        prints = {key: fleet_mod.fingerprint(objects) for key, objects in maps.items()}
+        canonical = Counter(prints.values()).most_common(1)[0][0] if prints else ""
+        objects = next((maps[k] for k, p in prints.items() if p == canonical), {})
+        files = sorted(result.checksums)
+        statuses = {}
+        for key, tenant in result.tenants.items():
+            status = tenant.as_dict()
+            if tenant.recorded != len(files) or tenant.last != (files[-1] if files else ""):
+                status["files"] = [f for f in files if f not in tenant.pending][:tenant.recorded]
+            if prints.get(key) and prints[key] != canonical and not tenant.error:
+                status["fp"] = prints[key]
+            statuses[key] = status
+        return statuses, objects, canonical
+
+    @staticmethod
+    def _drop_removed(olds, news, tenants, connect_to) -> None:
+        from psycopg import sql as psql
+        keep = {t.key for t in tenants}
+        removed = [k for k in (olds.get("tenants") or {}) if k not in keep]
+        if not removed or not news.get("drop_on_destroy"):
+            return
+        for key in removed:
+            database, _, schema = key.rpartition("/")
+            with connect_to(database) as conn:
+                conn.execute(psql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(psql.Identifier(schema)))
+            print(f"tenants {news.get('module_name')}: dropped removed tenant {key} (drop_on_destroy)")
+
+    @staticmethod
+    def _refuse_drift(olds, fleet, tenants, connect_to) -> None:
+        """A tenant whose schema changed since the last update while its history did not: refused, naming it,
+        unless accept_schema_drift."""
+        drifted = FleetProvider._drift(olds, fleet, [t for t in tenants if t.key in (olds.get("tenants") or {})],
+                                       connect_to)
+        if drifted and not fleet.base.accept_schema_drift:
+            lines = [f"tenant {tenant}: {line}" for tenant, found in sorted(drifted.items()) for line in found]
+            raise migrate.SchemaDriftError(fleet.base.replace(schema=None), lines)
+
+    @staticmethod
+    def _drift(olds, fleet, tenants, connect_to) -> Dict[str, List[str]]:
+        from .migrate import fleet as fleet_mod
+        statuses, canonical = olds.get("tenants") or {}, olds.get("fingerprint") or ""
+        recorded_objects = olds.get("objects") or {}
+        # objects of files not applied yet that exist already are an interrupted run's or a conflict the apply
+        # reports, not drift (as for a single schema)
+        pending = [m for m in migrate.load(fleet.base.migrations_dir) if m.filename not in set(olds.get("applied") or ())]
+        expected = drift_mod.created_by((migrate.render(m.sql, "tenant", m.filename) for m in pending), "tenant")
+        found: Dict[str, List[str]] = {}
+        by_db: Dict[str, list] = {}
+        for tenant in tenants:
+            by_db.setdefault(tenant.database, []).append(tenant)
+        for database, group in by_db.items():
+            with connect_to(database) as conn:
+                states = fleet_mod.read_fleet(conn, fleet, group, [])
+                for schema, objects in fleet_mod.inspect_fleet(conn, fleet, group, ManagedObjects()).items():
+                    key = f"{database}/{schema}" if database else schema
+                    status = statuses.get(key) or {}
+                    moved_on = len(states[schema].recorded) != status.get("recorded")
+                    if status.get("error"):  # failed last time: its schema was never recorded as the fleet's
+                        continue
+                    if not moved_on and fleet_mod.fingerprint(objects) != status.get("fp", canonical):
+                        lines = drift_mod.without_expected(drift_mod.compare(recorded_objects, objects), expected)
+                        if lines:
+                            found[key] = [line.replace("{schema}", schema) for line in lines]
+        return found
+
+    def create(self, props: Dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"fleet/{props.get('module_name')}", outs=self._apply(props))
+
+    def update(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(news, olds))
+
+    def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
+        """Every tenant's history back, one query per database, and its schema drift."""
+        from .migrate import fleet as fleet_mod
+        fleet, tenants = fleet_of(props)
+        connect_to = _connector(props)
+        files = sorted(props.get("checksums") or {})
+        statuses = dict(props.get("tenants") or {})
+        try:
+            by_db: Dict[str, list] = {}
+            for tenant in tenants:
+                by_db.setdefault(tenant.database, []).append(tenant)
+            for database, group in by_db.items():
+                with connect_to(database) as conn:
+                    for schema, state in fleet_mod.read_fleet(conn, fleet, group, []).items():
+                        key = f"{database}/{schema}" if database else schema
+                        recorded = sorted(n for n in state.recorded if n in set(files))
+                        status = dict(statuses.get(key) or {})
+                        status.update(recorded=len(recorded), last=recorded[-1] if recorded else "",
+                                      pending=[n for n in files if n not in set(recorded)])
+                        status.pop("files", None)
+                        if recorded != files:
+                            status["files"] = recorded
+                        statuses[key] = status
+            drift = self._drift(props, fleet, tenants, connect_to) if props.get("objects") else {}
+        except MigrationError as exc:
+            raise fail(exc) from None
+        outs = dict(props)
+        outs.update(tenants=statuses, drift=drift)
+        inputs = {key: props[key] for key in props if key in FLEET_TRACKED or key == "migrations_dir"}
+        return ReadResult(id_=id_, outs=outs, inputs=inputs)
+
+    def delete(self, _id: str, props: Dict[str, Any]) -> None:
+        from psycopg import sql as psql
+        fleet, tenants = fleet_of(props)
+        if not props.get("drop_on_destroy"):
+            print(f"tenants {fleet.base.module_name}: kept the schemas and histories of {len(tenants)} tenant(s); "
+                  "set drop_on_destroy to drop them on destroy")
+            return
+        connect_to = _connector(props)
+        try:
+            for tenant in tenants:
+                with connect_to(tenant.database) as conn:
+                    conn.execute(psql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(psql.Identifier(tenant.schema)))
+        except MigrationError as exc:
+            raise fail(exc) from None
+        print(f"tenants {fleet.base.module_name}: dropped {len(tenants)} tenant schema(s)")
