@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded PostgreSQL (its own data folder for tests) and a fresh database per test."""
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,15 @@ from tools.pgbouncer import Bouncer  # noqa: E402
 from tools.pgserver import Server  # noqa: E402
 
 TEST_PG_DIR = Path(os.environ.get("LLMEMORY_TEST_PG_DIR", ROOT / ".state" / "pg-test"))
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_pulumi():
+    """Pulumi's Python SDK uses the current event loop; a test that ran asyncio.run() (pgdbm) leaves none."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    loop.close()
 
 
 @pytest.fixture(scope="session")

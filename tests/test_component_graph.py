@@ -2,8 +2,6 @@
 which order. Wiring only: every behaviour here is also shown end to end with the real CLI (test_e2e_*)."""
 from __future__ import annotations
 
-import asyncio
-
 import pulumi
 import pytest
 
@@ -48,7 +46,6 @@ def deploy(tmp_path, monkeypatch):
                                    "postgresql:username": "migrator"})
 
     def run(build):
-        asyncio.set_event_loop(asyncio.new_event_loop())  # an earlier test's asyncio.run() left none
         monitor = Monitor(Mocks())
         pulumi.runtime.set_mocks(Mocks(), preview=False, monitor=monitor)
 
