@@ -80,12 +80,29 @@ class Database:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+_TEMPLATES: dict = {}
+
+
+def _template(server, extensions: Tuple[str, ...]) -> str:
+    """A template database with ``extensions``, made once per server and set of extensions: copying it is faster
+    than creating the extensions in every new database."""
+    key = (server.root, tuple(sorted(extensions)))
+    if key not in _TEMPLATES:
+        name = "tpl_" + "_".join(sorted(extensions))[:50]
+        with psycopg.connect(server.dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        with psycopg.connect(server.dsn(database=name), autocommit=True) as conn:
+            for extension in sorted(extensions):
+                conn.execute(f'CREATE EXTENSION IF NOT EXISTS "{extension}"')
+        _TEMPLATES[key] = name
+    return _TEMPLATES[key]
+
+
 def create(server, prefix: str = "t", owner: Optional[str] = None, extensions: Tuple[str, ...] = ()) -> Database:
     """A new database (``owner``: its owner role; ``extensions``: created in it as the superuser)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    template = f' TEMPLATE "{_template(server, extensions)}"' if extensions else ""
     with psycopg.connect(server.dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
-    db = Database(server, name)
-    for extension in extensions:
-        db.sql(f'CREATE EXTENSION IF NOT EXISTS "{extension}"')
-    return db
+        admin.execute(f'CREATE DATABASE "{name}"' + template + (f' OWNER "{owner}"' if owner else ""))
+    return Database(server, name)

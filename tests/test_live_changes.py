@@ -11,7 +11,7 @@ from llmemory_db.migrate import Settings, load, risk
 from tests.conftest import ROOT, write
 
 PATTERNS = ROOT / "examples" / "live-changes" / "migrations"
-ROWS = 50_000
+ROWS = 20_000
 
 
 def test_safe_patterns_apply_under_load_and_lint_clean(db, tmp_path):

@@ -55,7 +55,15 @@ def files_up_to(files: Sequence[Migration], version: str) -> List[Migration]:
 
 
 def existing_objects(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> List[str]:
-    """Objects that ``files`` would create and that exist already in the target schema (one query)."""
+    """Objects that ``files`` would create and that exist already in the target schema (one query; none at all
+    when the schema is empty, which is checked first without reading the files)."""
+    if not conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %(s)s AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid "
+            "AND d.deptype = 'e')) OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %(s)s AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid "
+            "AND d.deptype = 'e'))", {"s": settings.schema_name}).fetchone()[0]:
+        return []  # nothing of anyone's there (extensions' members aside)
     names = sorted(drift.created_by((render(m.sql, settings.schema, m.filename) for m in files), settings.schema))
     if not names:
         return []

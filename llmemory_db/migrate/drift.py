@@ -155,7 +155,7 @@ def created_by(rendered: Iterable[str], schema: Optional[str]) -> Set[str]:
     texts = list(rendered)
     objects = managed_objects(texts, schema)
     names = set(objects.tables) | set(objects.sequences) | set(objects.views) | set(objects.functions)
-    for text in texts:
+    for text in texts:  # (parse() remembers the trees managed_objects just read)
         for kind, stmt, _, _ in parse(text):
             if kind == "IndexStmt" and stmt.get("idxname"):
                 names.add(stmt["idxname"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 
@@ -43,7 +44,21 @@ def split(sql: str) -> List[Statement]:
 
 def parse(sql: str) -> List[Tuple[str, dict, int, int]]:
     """(node type, node, start, length) of each statement; offsets in characters (pglast's JSON tree is ~10x
-    cheaper than its Python AST). Raises pglast's ParseError on bad syntax."""
+    cheaper than its Python AST). Raises pglast's ParseError on bad syntax. The same text is parsed once: lint,
+    the managed objects, the drift scope and the risk analysis all read it (the trees are not to be changed).
+    Files over 1 MB are parsed each time, so that memory stays bounded."""
+    return list(_parse_cached(sql) if len(sql) <= CACHED_TEXT else _parse(sql))
+
+
+CACHED_TEXT = 1 << 20
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(sql: str) -> Tuple[Tuple[str, dict, int, int], ...]:
+    return _parse(sql)
+
+
+def _parse(sql: str) -> Tuple[Tuple[str, dict, int, int], ...]:
     tree = json.loads(pg_parser.parse_sql_json(sql))
     encoded = sql.encode("utf-8")
     ascii_only = len(encoded) == len(sql)
@@ -65,7 +80,7 @@ def parse(sql: str) -> List[Tuple[str, dict, int, int]]:
         length = raw.get("stmt_len", 0) or (len(encoded) - start)
         begin = chars(start)
         out.append((kind, node, begin, chars(start + length) - begin))
-    return out
+    return tuple(out)
 
 
 def _qualified(rangevar: Optional[dict]) -> bool:
