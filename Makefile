@@ -106,6 +106,8 @@ bench: venv toolchain
 	  echo "[bench] no Flyway (mvn missing or failed): it is skipped"
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.bench $(BENCH_ARGS)
 	@$(PY) -m bench.pileup $(PILEUP_ARGS)
+	@$(PY) -m bench.adoption
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) bench/yaml_vs_python.py
 	@$(PY) -m bench.plot
 	@$(PY) -m bench.report
 # a no-change preview of the YAML example (through the package) against the same Python program, side by side

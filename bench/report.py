@@ -51,6 +51,16 @@ def main() -> int:
                 + " |"]
     if r.get("not_measured"):
         out += [""] + [f"Not measured: {tool}: {why}" for tool, why in r["not_measured"].items()]
+    adoption = ROOT / "bench" / "adoption-results.json"
+    if adoption.exists():  # python -m bench.adoption (part of make bench)
+        a = json.loads(adoption.read_text())
+        out += ["", "Baseline proof (the files applied to a scratch schema and rolled back, compared with the live "
+                "schema; `python -m bench.adoption`):", "", "| migrations | files | proof |", "| --- | --- | --- |"]
+        for name, label in (("llmemory", "llmemory 0.5.0's own"), ("files_100", "generated: a table and an index each")):
+            if name in a:
+                r = a[name]
+                out.append(f"| {label} | {r['files']} | {r['median'] * 1000:.0f} ms ({r['min'] * 1000:.0f}–"
+                           f"{r['max'] * 1000:.0f}, median of {r['n']}) |")
     pileup_results = ROOT / "bench" / "pileup-results.json"
     if pileup_results.exists():  # python -m bench.pileup (part of make bench)
         from bench.pileup import table

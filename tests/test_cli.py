@@ -62,3 +62,26 @@ def test_missing_directory_is_one_clear_error(tmp_path):
     result = cli("lint", "--dir", tmp_path / "missing")
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Remedy:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_drift_command_compares_the_live_schema_with_the_applied_files(db, tmp_path):
+    """For teams running pgdbm without Pulumi: exit 0 when the schema is what the applied files make, 1 with the
+    differences in the drift check's words."""
+    write(tmp_path, {"001_a.sql": "CREATE TABLE {{tables.a}} (id int PRIMARY KEY, body text);\n"
+                                  "CREATE INDEX idx_a_body ON {{tables.a}} (body);\n"})
+    db.sql("CREATE SCHEMA app")
+    cli("apply", "--dsn", db.dsn, "--dir", tmp_path, "--schema", "app", check=True)
+    clean = cli("drift", "--dsn", db.dsn, "--dir", tmp_path, "--schema", "app")
+    assert clean.returncode == 0 and "no drift in app" in clean.stdout
+    db.sql("DROP INDEX app.idx_a_body; ALTER TABLE app.a ADD COLUMN extra int")
+    drifted = cli("drift", "--dsn", db.dsn, "--dir", tmp_path, "--schema", "app", "--json")
+    assert drifted.returncode == 1
+    assert json.loads(drifted.stdout)["differences"] == ["column app.a.extra: added", "index app.idx_a_body: missing"]
+    assert db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'llmdb_scratch_%'") == [(0,)]
+
+
+def test_a_syntax_error_comes_before_any_risk_finding(tmp_path):
+    write(tmp_path, {"001_a.sql": "CREATE INDEX i ON t (x);\nSELEC 1;\n"})
+    result = cli("lint", "--dir", tmp_path)
+    assert result.returncode == 2 and "001_a.sql:2:1: error: syntax error" in result.stderr
+    assert "require-concurrent-index-creation" not in result.stdout + result.stderr
