@@ -18,7 +18,7 @@ ifneq ($(filter $(STACK),dev llmemory),)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv app-venv toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-yaml clean
+.PHONY: help venv app-venv toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-fleet bench-yaml clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
@@ -27,6 +27,7 @@ help:
 	@echo "make recover    after a killed pulumi up: clear its lock and pending operations, then make up"
 	@echo "make bench      side-by-side benchmark (engine, psql floor, pgdbm, dbmate, yoyo, pulumi, lock pile-up)"
 	@echo "make bench-pileup   its lock-queue pile-up section alone (PILEUP_ARGS=\"--reps 1\")"
+	@echo "make bench-fleet    its fan-out section alone: K tenant schemas (FLEET_ARGS=\"--ks 10,100 --reps 1\")"
 	@echo "make example-yaml   deploy examples/yaml-consumer (Pulumi YAML, through the llmemory-db package);"
 	@echo "                    also example-yaml-preview, example-yaml-destroy"
 	@echo "make sdk SDK_LANGUAGE=nodejs|go|python   generate an SDK of the llmemory-db package (.state/sdks/)"
@@ -97,8 +98,8 @@ test: venv toolchain pgbouncer app-venv
 test-fast: venv
 	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
 
-# side-by-side benchmark (about 20 minutes): bench/results.json, bench/pileup-results.json, docs/bench-*.png;
-# numbers go in the README
+# side-by-side benchmark (about 35 minutes): bench/results.json, bench/pileup-results.json,
+# bench/fleet-results.json, docs/bench-*.png; numbers go in the README
 bench: venv toolchain
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	@test -d $(STATE)/flyway/lib || { command -v mvn >/dev/null && echo "[bench] fetching Flyway's jars with mvn" && \
@@ -108,6 +109,7 @@ bench: venv toolchain
 	@$(PY) -m bench.pileup $(PILEUP_ARGS)
 	@$(PY) -m bench.adoption
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) bench/yaml_vs_python.py
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.fleet $(FLEET_ARGS)
 	@$(PY) -m bench.plot
 	@$(PY) -m bench.report
 # a no-change preview of the YAML example (through the package) against the same Python program, side by side
@@ -118,6 +120,12 @@ bench-yaml: venv toolchain
 bench-pileup: venv
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	@$(PY) -m bench.pileup $(PILEUP_ARGS)
+
+# the fan-out section alone (about 15 minutes): K = 10, 100, 1,000 tenant schemas, one MigratedTenants against
+# K MigratedSchema, pgdbm's loop and the psql floor; bench/fleet-results.json, docs/bench-fleet.png
+bench-fleet: venv toolchain
+	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.fleet $(FLEET_ARGS)
 
 clean: db-stop
 	rm -rf $(STATE) $(VENV)

@@ -20,6 +20,7 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import psycopg
 
@@ -30,6 +31,7 @@ from llmemory_db.migrate import load, render  # noqa: E402
 from tools.pgserver import Server, bin_dir  # noqa: E402
 
 PY = sys.executable
+VENV = Path(sys.prefix)  # the Pulumi programs' virtualenv: this interpreter's (make bench: .venv)
 TOOLS = ["psql_floor", "engine", "pgdbm", "dbmate", "yoyo", "flyway"]
 SLOW = {"pgdbm", "yoyo"}
 FLYWAY_LIB = ROOT / ".state" / "flyway" / "lib"
@@ -216,13 +218,15 @@ class Bench:
         log(f"drift fingerprint over {n} tables ({len(objects)} objects): {statistics.median(times) * 1000:.1f} ms")
         return {"tables": n, "objects": len(objects), "seconds": summary(times)}
 
-    def pulumi_project(self, name: str, n_files: int, k: int, db: str) -> Path:
+    def pulumi_project(self, name: str, n_files: int, k: int, db: str, program: Optional[str] = None) -> Path:
+        """A Pulumi project (file backend of its own) on database ``db``; ``program``: its __main__.py (default: K
+        MigratedSchema components)."""
         project = self.workdir / name
         project.mkdir(parents=True, exist_ok=True)
         (project / "Pulumi.yaml").write_text(
-            f"name: {name}\nruntime:\n  name: python\n  options:\n    virtualenv: {ROOT / '.venv'}\n")
+            f"name: {name}\nruntime:\n  name: python\n  options:\n    virtualenv: {VENV}\n")
         make_migrations(project / "migrations", n_files)
-        (project / "__main__.py").write_text(textwrap.dedent(f"""
+        (project / "__main__.py").write_text(program if program is not None else textwrap.dedent(f"""
             from llmemory_db import MigratedSchema, MigratedSchemaArgs
             for i in range({k}):
                 MigratedSchema(f"s{{i}}", MigratedSchemaArgs(schema=f"fan_{{i}}" if {k} > 1 else "bench",
@@ -243,8 +247,11 @@ class Bench:
     def pulumi_env(self, project: Path):
         backend = project / ".backend"
         backend.mkdir(exist_ok=True)
+        # PYTHONPATH: the program and the dynamic provider import this checkout's llmemory_db (from a git worktree
+        # the venv's editable install points at another checkout)
         return dict(os.environ, PULUMI_BACKEND_URL=f"file://{backend}", PULUMI_CONFIG_PASSPHRASE="bench",
-                    PULUMI_SKIP_UPDATE_CHECK="true")
+                    PULUMI_SKIP_UPDATE_CHECK="true", PIP_DISABLE_PIP_VERSION_CHECK="1",
+                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def pulumi_files(self, n: int, reps: int):
         db = self.fresh_db()

@@ -65,6 +65,11 @@ def main() -> int:
     if pileup_results.exists():  # python -m bench.pileup (part of make bench)
         from bench.pileup import table
         out += ["", "Lock-queue pile-up (`python -m bench.pileup`):", "", table(json.loads(pileup_results.read_text()))]
+    fleet_results = ROOT / "bench" / "fleet-results.json"
+    if fleet_results.exists():  # python -m bench.fleet (part of make bench)
+        from bench.fleet import table as fleet_table
+        out += ["", "One module, K tenant schemas (`python -m bench.fleet`):", "",
+                fleet_table(json.loads(fleet_results.read_text()))]
     print("\n".join(out))
     return 0
 

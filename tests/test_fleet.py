@@ -9,7 +9,8 @@ import pytest
 
 from llmemory_db import migrate
 from llmemory_db.migrate import MigrationError, Settings
-from llmemory_db.migrate.fleet import FleetSettings, Tenant, apply_fleet
+from llmemory_db.migrate.fleet import FleetSettings, Tenant, apply_fleet, fingerprint, inspect_fleet
+from llmemory_db.migrate.objects import ManagedObjects
 from tests import db as dbs
 from tests.conftest import write
 from tests.test_pgdbm_interop import pgdbm_apply
@@ -192,3 +193,15 @@ def test_an_applied_file_edited_is_named_once(db, tmp_path):
     with pytest.raises(migrate.ChecksumMismatchError) as info:
         run(db, fleet(folder), tenants(4))
     assert str(info.value).count("has been modified after being applied") == 1
+
+
+def test_the_fleets_fingerprint_factors_the_schema_out_and_covers_its_extensions(db, tmp_path):
+    """Every tenant's objects under one fingerprint (schema names factored out, more tenants than re's cache of
+    512 patterns is not needed to show it), the database's extensions included (their rows have no schema)."""
+    folder = write(tmp_path / "m", FILES)
+    settings = FleetSettings(Settings(folder, module_name="memory", extensions=("vector",)))
+    run(db, settings, tenants(3))
+    with migrate.connect(db.dsn) as conn:
+        found = inspect_fleet(conn, settings, tenants(3), ManagedObjects())
+    assert "extension vector" in found["t000"] and "index {schema}.idx_docs_body" in found["t001"]
+    assert len({fingerprint(objects) for objects in found.values()}) == 1

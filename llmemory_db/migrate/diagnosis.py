@@ -5,7 +5,11 @@ message text (it is translated when the server runs with another ``lc_messages``
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
+import time
+import weakref
 from typing import Callable, List, Optional, Sequence
 
 import psycopg
@@ -109,6 +113,57 @@ def no_transaction_error(migration: Migration, settings: Settings, statement: li
                           remedy=remedy_for(fail, settings, statement.text), no_transaction=True)
 
 
+# a connection's parameters (for the watch's own connection), read once per connection: libpq's PQconninfo costs
+# about as much as a small query's round trip
+_PARAMS: "weakref.WeakKeyDictionary[psycopg.Connection, dict]" = weakref.WeakKeyDictionary()
+
+
+def _params_of(conn: psycopg.Connection) -> dict:
+    params = _PARAMS.get(conn)
+    if params is None:
+        params = _PARAMS[conn] = dict(conn.info.get_parameters(), password=conn.info.password or "")
+    return params
+
+
+class _Scheduler:
+    """One daemon thread for every armed :class:`BlockerWatch` of the process: it sleeps until the earliest
+    deadline, drops the watches stopped by then and fires the others."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: List[tuple] = []  # (deadline, sequence, watch)
+        self._sequence = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def arm(self, watch: "BlockerWatch") -> None:
+        deadline = time.monotonic() + watch.delay
+        with self._cond:
+            earliest = self._heap[0][0] if self._heap else None
+            heapq.heappush(self._heap, (deadline, next(self._sequence), watch))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lock-watch-scheduler", daemon=True)
+                self._thread.start()
+            elif earliest is None or deadline < earliest:  # else the scheduler wakes up earlier anyway
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][2]._stop.is_set():
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline = self._heap[0][0]
+                now = time.monotonic()
+                if now < deadline:
+                    self._cond.wait(deadline - now)
+                    continue
+                heapq.heappop(self._heap)[2]._fire()
+
+
+_SCHEDULER = _Scheduler()
+
 _BLOCKERS = """
 SELECT a.pid, a.usename, coalesce(nullif(a.application_name, ''), '-'), a.state,
        date_trunc('second', now() - coalesce(a.xact_start, a.query_start)), left(regexp_replace(a.query, '\\s+', ' ', 'g'), 80)
@@ -119,19 +174,30 @@ FROM unnest(pg_blocking_pids(%s)) AS b(pid) JOIN pg_stat_activity a ON a.pid = b
 class BlockerWatch:
     """Who blocks a migration while it waits for a lock: ``pg_blocking_pids`` of its backend, read from a second
     connection. That connection is opened only once the migration has been running for ``delay`` seconds (a
-    quick migration never opens it), and closed when :meth:`stop` is called."""
+    quick migration never opens it), and closed when :meth:`stop` is called.
+
+    Every file of every tenant arms one, so arming is cheap: a deadline in the process's one scheduler thread
+    (not a thread per file), the connection's parameters read once per connection; a thread of its own starts only
+    when the delay has passed."""
 
     def __init__(self, conn: psycopg.Connection, delay: float) -> None:
         self.pid, self.delay = conn.info.backend_pid, delay
-        self.params = dict(conn.info.get_parameters(), password=conn.info.password or "")
+        self.params = _params_of(conn)
         self.blockers: List[tuple] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="lock-watch", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        _SCHEDULER.arm(self)
+
+    def _fire(self) -> None:
+        """The delay has passed (called by the scheduler): watch from a thread of its own, unless stopped."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._thread = threading.Thread(target=self._watch, name="lock-watch", daemon=True)
+            self._thread.start()
 
     def _watch(self) -> None:
-        if self._stop.wait(self.delay):
-            return
         params = {k: v for k, v in self.params.items() if v}
         params.update(connect_timeout=5, application_name="llmemory-db-lock-watch")
         try:
@@ -145,8 +211,11 @@ class BlockerWatch:
             pass
 
     def stop(self) -> "BlockerWatch":
-        self._stop.set()
-        self._thread.join(timeout=5)
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
         return self
 
     def describe(self) -> str:

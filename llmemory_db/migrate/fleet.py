@@ -388,8 +388,14 @@ def inspect_fleet(conn: psycopg.Connection, fleet: FleetSettings, tenants: Seque
                               exclude=[fleet.for_tenant(t).history_parts[1] for t in tenants[:1]] +
                               [fleet.for_tenant(t).inflight_parts[1] for t in tenants[:1]])
     out: Dict[str, Dict[str, str]] = {t.schema: {} for t in tenants}
+    patterns: Dict[str, "re.Pattern[str]"] = {}  # one per schema: re's own cache holds 512, a fleet has more
     for schema, kind, name, definition in rows:
-        definition = re.sub(r'(?<![\w$])"?' + re.escape(schema) + r'"?(?=\.)', _TOKEN, definition or "")
+        definition = definition or ""
+        if schema is not None:  # an extension's row has no schema (its definition is its version)
+            pattern = patterns.get(schema)
+            if pattern is None:
+                pattern = patterns[schema] = re.compile(r'(?<![\w$])"?' + re.escape(schema) + r'"?(?=\.)')
+            definition = pattern.sub(_TOKEN, definition)
         key = f"{kind} {name}" if kind == "extension" else f"{kind} {SCHEMA_TOKEN}.{name}"
         for target in ([s for s in schemas] if kind == "extension" else [schema]):
             out[target][key] = drift._digest(definition)
