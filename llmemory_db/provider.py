@@ -462,18 +462,19 @@ class FleetProvider(ResourceProvider):
         from collections import Counter
 
         from .migrate import fleet as fleet_mod
-        managed = ManagedObjects()
+        prints: Dict[str, str] = {}
         maps: Dict[str, Dict[str, str]] = {}
         by_db: Dict[str, list] = {}
         for tenant in tenants:
             by_db.setdefault(tenant.database, []).append(tenant)
         for database, group in by_db.items():
             with connect_to(database) as conn:
-                for schema, objects in fleet_mod.inspect_fleet(conn, fleet, group, managed).items():
-                    maps[f"{database}/{schema}" if database else schema] = objects
-        prints = {key: fleet_mod.fingerprint(objects) for key, objects in maps.items()}
+                found = fleet_mod.inspect_fleet(conn, fleet, group, ManagedObjects())
+            prints.update({f"{database}/{schema}" if database else schema: p for schema, p in found.prints.items()})
+            for print_, objects in found.maps.items():
+                maps.setdefault(print_, objects)
         canonical = Counter(prints.values()).most_common(1)[0][0] if prints else ""
-        objects = next((maps[k] for k, p in prints.items() if p == canonical), {})
+        objects = maps.get(canonical, {})
         files = sorted(result.checksums)
         statuses = {}
         for key, tenant in result.tenants.items():
@@ -524,16 +525,19 @@ class FleetProvider(ResourceProvider):
         for database, group in by_db.items():
             with connect_to(database) as conn:
                 states = fleet_mod.read_fleet(conn, fleet, group, [])
-                for schema, objects in fleet_mod.inspect_fleet(conn, fleet, group, ManagedObjects()).items():
-                    key = f"{database}/{schema}" if database else schema
-                    status = statuses.get(key) or {}
-                    moved_on = len(states[schema].recorded) != status.get("recorded")
-                    if status.get("error"):  # failed last time: its schema was never recorded as the fleet's
-                        continue
-                    if not moved_on and fleet_mod.fingerprint(objects) != status.get("fp", canonical):
-                        lines = drift_mod.without_expected(drift_mod.compare(recorded_objects, objects), expected)
-                        if lines:
-                            found[key] = [line.replace("{schema}", schema) for line in lines]
+                prints = fleet_mod.inspect_fleet(conn, fleet, group, ManagedObjects())
+            for schema, print_ in prints.prints.items():
+                key = f"{database}/{schema}" if database else schema
+                status = statuses.get(key) or {}
+                moved_on = len(states[schema].recorded) != status.get("recorded")
+                if status.get("error"):  # failed last time: its schema was never recorded as the fleet's
+                    continue
+                if not moved_on and print_ != status.get("fp", canonical):
+                    live = prints.maps.get(print_)
+                    lines = drift_mod.without_expected(drift_mod.compare(recorded_objects, live), expected) \
+                        if live is not None else [f"fingerprint {{schema}}: changed ({print_})"]
+                    if lines:
+                        found[key] = [line.replace("{schema}", schema) for line in lines]
         return found
 
     def create(self, props: Dict[str, Any]) -> CreateResult:

@@ -46,7 +46,7 @@ class Sessions:
         with self.db.connect() as conn:
             while not self._stop.is_set():
                 count = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                     "AND application_name = 'llmemory-db-migrate'").fetchone()[0]
+                                     "AND application_name LIKE 'llmemory-db-%'").fetchone()[0]
                 self.peak = max(self.peak, count)
                 time.sleep(0.005)
 
@@ -88,6 +88,16 @@ def at_001_then_conflict(db, tmp_path, schema, count):
     run(db, fleet(folder), tenants(count))
     db.sql(f"CREATE TABLE {schema}.tags (x int)")  # a hand-made table in that tenant only: its 002 fails
     return write(folder, {"002_tags.sql": FILES["002_tags.sql"], "003_slow.sql": FILES["003_slow.sql"]})
+
+
+def test_long_files_keep_the_bound_the_lock_watches_share_one_connection(db, tmp_path):
+    """A file running longer than the lock watch's delay makes every worker's watch look for blockers: they share
+    one connection, so the fleet stays within max_parallel + 1 sessions."""
+    folder = write(tmp_path / "m", {"001_slow.sql": "CREATE TABLE {{tables.a}} (id int);\nSELECT pg_sleep(0.8);\n"})
+    sessions = Sessions(db)
+    result = run(db, fleet(folder, max_parallel=4, canary=0), tenants(8))
+    peak = sessions.stop()
+    assert result.failed == [] and 4 < peak <= 4 + 1  # the watches' one connection was there, and only one
 
 
 def test_a_failed_canary_stops_everything(db, tmp_path):
@@ -203,5 +213,12 @@ def test_the_fleets_fingerprint_factors_the_schema_out_and_covers_its_extensions
     run(db, settings, tenants(3))
     with migrate.connect(db.dsn) as conn:
         found = inspect_fleet(conn, settings, tenants(3), ManagedObjects())
-    assert "extension vector" in found["t000"] and "index {schema}.idx_docs_body" in found["t001"]
-    assert len({fingerprint(objects) for objects in found.values()}) == 1
+    assert len(set(found.prints.values())) == 1 and list(found.maps) == [found.prints["t000"]]
+    objects = found.maps[found.prints["t000"]]
+    assert "extension vector" in objects and "index {schema}.idx_docs_body" in objects
+    assert fingerprint(objects) == found.prints["t001"]
+    db.sql("ALTER TABLE t002.docs ADD COLUMN extra int")  # one tenant differs: its own map is kept too
+    with migrate.connect(db.dsn) as conn:
+        found = inspect_fleet(conn, settings, tenants(3), ManagedObjects())
+    assert found.prints["t000"] == found.prints["t001"] != found.prints["t002"] and len(found.maps) == 2
+    assert "column {schema}.docs.extra" in found.maps[found.prints["t002"]]

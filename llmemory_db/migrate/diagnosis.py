@@ -171,10 +171,60 @@ FROM unnest(pg_blocking_pids(%s)) AS b(pid) JOIN pg_stat_activity a ON a.pid = b
 """
 
 
+class _SharedConnection:
+    """One connection that every watch of a database shares (a fleet's workers would otherwise each open one,
+    over its bound of max_parallel + 1 connections); queries take turns."""
+
+    def __init__(self, params: dict) -> None:
+        params = {k: v for k, v in params.items() if v}
+        params.update(connect_timeout=5, application_name="llmemory-db-lock-watch")
+        self.conn = psycopg.connect(autocommit=True, **params)
+        self.lock = threading.Lock()
+        self.users = 0
+
+    def query(self, query: str, args: tuple) -> List[tuple]:
+        with self.lock:
+            return self.conn.execute(query, args).fetchall()
+
+
+class _WatchConnections:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict = {}
+
+    def borrow(self, params: dict) -> "_Borrowed":
+        return _Borrowed(self, tuple(sorted((k, str(v)) for k, v in params.items())), params)
+
+
+class _Borrowed:
+    def __init__(self, pool: _WatchConnections, key: tuple, params: dict) -> None:
+        self.pool, self.key, self.params = pool, key, params
+
+    def __enter__(self) -> _SharedConnection:
+        with self.pool._lock:
+            shared = self.pool._open.get(self.key)
+            if shared is None or shared.conn.closed:
+                shared = self.pool._open[self.key] = _SharedConnection(self.params)
+            shared.users += 1
+            return shared
+
+    def __exit__(self, *exc) -> None:
+        with self.pool._lock:
+            shared = self.pool._open[self.key]
+            shared.users -= 1
+            if shared.users == 0:  # the last watch of this database: close it
+                del self.pool._open[self.key]
+                shared.conn.close()
+
+
+_WATCH_CONNECTIONS = _WatchConnections()
+
+
 class BlockerWatch:
     """Who blocks a migration while it waits for a lock: ``pg_blocking_pids`` of its backend, read from a second
     connection. That connection is opened only once the migration has been running for ``delay`` seconds (a
-    quick migration never opens it), and closed when :meth:`stop` is called.
+    quick migration never opens it), shared by every watch of the database (a fleet's workers: one connection,
+    the "+1" of its bound), and closed when the last of them stops.
 
     Every file of every tenant arms one, so arming is cheap: a deadline in the process's one scheduler thread
     (not a thread per file), the connection's parameters read once per connection; a thread of its own starts only
@@ -198,12 +248,10 @@ class BlockerWatch:
             self._thread.start()
 
     def _watch(self) -> None:
-        params = {k: v for k, v in self.params.items() if v}
-        params.update(connect_timeout=5, application_name="llmemory-db-lock-watch")
         try:
-            with psycopg.connect(autocommit=True, **params) as conn:
+            with _WATCH_CONNECTIONS.borrow(self.params) as shared:
                 while not self._stop.is_set():
-                    rows = conn.execute(_BLOCKERS, (self.pid,)).fetchall()
+                    rows = shared.query(_BLOCKERS, (self.pid,))
                     if rows:
                         self.blockers = rows
                     self._stop.wait(0.1)

@@ -375,31 +375,52 @@ def apply_fleet(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Callab
 _TOKEN = "\x00schema\x00"
 
 
-def normalized(objects: Dict[str, str], schema: str) -> Dict[str, str]:
-    """A tenant's fingerprint with its schema name factored out (keys only: definitions are hashed already)."""
-    return {key.replace(f" {schema}.", f" {SCHEMA_TOKEN}.", 1): value for key, value in objects.items()}
+MAX_DISTINCT = 32  # objects maps kept, one per distinct fingerprint: a fleet's tenants are alike
+
+
+@dataclass
+class FleetPrints:
+    """Every tenant's fingerprint (its schema name factored out), and the objects behind each distinct one."""
+
+    prints: Dict[str, str] = field(default_factory=dict)            # schema -> fingerprint
+    maps: Dict[str, Dict[str, str]] = field(default_factory=dict)   # fingerprint -> its objects (MAX_DISTINCT)
 
 
 def inspect_fleet(conn: psycopg.Connection, fleet: FleetSettings, tenants: Sequence[Tenant],
-                  managed) -> Dict[str, Dict[str, str]]:
-    """Each tenant's fingerprint, schema name factored out of names and definitions, in one catalog query."""
-    schemas = [t.schema for t in tenants]
-    rows = drift.inspect_rows(conn, schemas, managed, fleet.base.extensions,
-                              exclude=[fleet.for_tenant(t).history_parts[1] for t in tenants[:1]] +
-                              [fleet.for_tenant(t).inflight_parts[1] for t in tenants[:1]])
-    out: Dict[str, Dict[str, str]] = {t.schema: {} for t in tenants}
-    patterns: Dict[str, "re.Pattern[str]"] = {}  # one per schema: re's own cache holds 512, a fleet has more
-    for schema, kind, name, definition in rows:
-        definition = definition or ""
-        if schema is not None:  # an extension's row has no schema (its definition is its version)
-            pattern = patterns.get(schema)
-            if pattern is None:
-                pattern = patterns[schema] = re.compile(r'(?<![\w$])"?' + re.escape(schema) + r'"?(?=\.)')
-            definition = pattern.sub(_TOKEN, definition)
-        key = f"{kind} {name}" if kind == "extension" else f"{kind} {SCHEMA_TOKEN}.{name}"
-        for target in ([s for s in schemas] if kind == "extension" else [schema]):
-            out[target][key] = drift._digest(definition)
-    return {schema: dict(sorted(objects.items())) for schema, objects in out.items()}
+                  managed) -> FleetPrints:
+    """Each tenant's fingerprint in one catalog query, streamed schema by schema: memory holds one tenant's
+    objects and one map per distinct fingerprint, whatever the number of tenants."""
+    found = FleetPrints()
+    extensions: Dict[str, str] = {}
+    current: Optional[str] = None
+    objects: Dict[str, str] = {}
+    pattern: Optional["re.Pattern[str]"] = None
+
+    def finish(schema: Optional[str], objects: Dict[str, str]) -> None:
+        if schema is None:
+            return
+        print_ = fingerprint(objects)
+        found.prints[schema] = print_
+        if print_ not in found.maps and len(found.maps) < MAX_DISTINCT:
+            found.maps[print_] = dict(sorted(objects.items()))
+
+    history = fleet.for_tenant(tenants[0]) if tenants else None
+    exclude = [history.history_parts[1], history.inflight_parts[1]] if history else []
+    for schema, kind, name, definition in drift.inspect_stream(conn, [t.schema for t in tenants], managed,
+                                                               fleet.base.extensions, exclude):
+        if schema is None:  # an extension (database-wide): part of every tenant's fingerprint
+            extensions[f"{kind} {name}"] = drift._digest(definition or "")
+            continue
+        if schema != current:
+            finish(current, objects)
+            current, objects = schema, dict(extensions)
+            pattern = re.compile(r'(?<![\w$])"?' + re.escape(schema) + r'"?(?=\.)')
+        objects[f"{kind} {SCHEMA_TOKEN}.{name}"] = drift._digest(pattern.sub(_TOKEN, definition or ""))
+    finish(current, objects)
+    for tenant in tenants:  # a schema without any object yet
+        if tenant.schema not in found.prints:
+            finish(tenant.schema, dict(extensions))
+    return found
 
 
 def fingerprint(objects: Dict[str, str]) -> str:
