@@ -36,7 +36,7 @@ from psycopg import sql
 from . import drift, executor
 from .errors import ChecksumMismatchError, MigrationError
 from .files import Migration, load
-from .history import HistoryStore, rollback
+from .history import BUSY_MARK, HistoryStore, marked, rollback
 from .objects import managed_objects
 from .render import check_identifier, render
 from .settings import Settings
@@ -244,13 +244,20 @@ def apply_tenant(conn: psycopg.Connection, fleet: FleetSettings, tenant: Tenant,
                                  f"{settings.module_name!r} but has no history of it",
                                  remedy="baseline that schema (python -m llmemory_db.migrate baseline VERSION "
                                         f"--schema {tenant.schema} ...), or leave it out of the fleet")
-        store.begin_locked()
-        try:
-            conn.execute(_setup_sql(settings, fleet.runtime_roles))
-            conn.execute("COMMIT")
-        except BaseException:
+        setup = _setup_sql(settings, fleet.runtime_roles)
+        try:  # one round trip when the tenant's lock is free (it is, but for pgdbm on that tenant)
+            conn.execute(sql.SQL("BEGIN; {}; {}; COMMIT").format(store.try_lock_sql(), setup))
+        except psycopg.Error as exc:
             rollback(conn)
-            raise
+            if not marked(exc, BUSY_MARK):
+                raise
+            store.begin_locked()  # busy: wait for it (bounded), then the same set-up
+            try:
+                conn.execute(setup)
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
     with_version = state.has_version or not state.history_exists
     recorded = dict(state.recorded)
     for migration in files:
