@@ -156,6 +156,8 @@ def test_sigkill_in_the_middle_of_a_fanout_then_recover(pg_server, bare_db, tmp_
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)  # the CLI only: the provider notices the engine is gone and exits
     proc.wait(timeout=30)
+    # the CLI's own language host outlives a SIGKILLed CLI (Pulumi's behaviour): clean it up
+    subprocess.run(["pkill", "-9", "-s", str(proc.pid)], capture_output=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and bare_db.sql(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'llmemory-db-migrate'")[0][0]:
