@@ -207,7 +207,7 @@ class Bench:
             target = migrate.Settings(mdir, schema=SCHEMA)
             with migrate.connect(self.url(db)) as conn:
                 migrate.apply(conn, target)
-                managed = managed_objects(migrate.engine.render_all(migrate.load(mdir), target).values(), SCHEMA)
+                managed = managed_objects(migrate.render_all(migrate.load(mdir), target).values(), SCHEMA)
                 times, objects = [], {}
                 for _ in range(reps):
                     started = time.perf_counter()
@@ -305,8 +305,7 @@ def main(argv=None) -> int:
                     "not_measured": UNAVAILABLE})
     with tempfile.TemporaryDirectory(prefix="llmemory-bench-") as tmp:
         bench = Bench(server, Path(tmp))
-        # Pulumi first: after the N = 1,000 runs of every tool the server spends a while flushing and every
-        # command is slower (seen as 7 s previews instead of 2 s)
+        # Pulumi first: after the N = 1,000 runs of every tool the server spends a while flushing
         if "pulumi" in sections:
             results["pulumi_files"] = {str(n): bench.pulumi_files(n, args.reps)
                                        for n in ([1, 100] if args.quick else [1, 100, 1000])}
