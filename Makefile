@@ -98,7 +98,7 @@ test: venv toolchain pgbouncer app-venv
 test-fast: venv
 	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
 
-# side-by-side benchmark (about 35 minutes): bench/results.json, bench/pileup-results.json,
+# side-by-side benchmark (about 20 minutes): bench/results.json, bench/pileup-results.json,
 # bench/fleet-results.json, docs/bench-*.png; numbers go in the README
 bench: venv toolchain
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
