@@ -107,8 +107,9 @@ def _unqualified_create(kind: str, stmt: dict) -> Optional[str]:
 _WRITES = {"DropStmt", "TruncateStmt", "AlterTableStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "RenameStmt"}
 
 
-def _targets(kind: str, stmt: dict) -> List[Tuple[Optional[str], str]]:
-    """(schema, name) of the relations a writing statement changes."""
+def changed_relations(kind: str, stmt: dict) -> List[Tuple[Optional[str], str]]:
+    """(schema, name) of the relations a statement changes: its ``relation``, TRUNCATE's relations, the objects
+    DROP names (DROP INDEX: the index)."""
     if kind == "DropStmt":
         names = []
         for obj in stmt.get("objects") or ():
@@ -124,7 +125,7 @@ def _targets(kind: str, stmt: dict) -> List[Tuple[Optional[str], str]]:
 def _touches_history(kind: str, stmt: dict, history: Tuple[str, str]) -> bool:
     if kind not in _WRITES:
         return False
-    return any(name == history[1] and schema in (None, history[0]) for schema, name in _targets(kind, stmt))
+    return any(name == history[1] and schema in (None, history[0]) for schema, name in changed_relations(kind, stmt))
 
 
 def _search_path_change(kind: str, stmt: dict) -> Optional[List[str]]:

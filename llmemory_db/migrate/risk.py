@@ -194,22 +194,13 @@ def squawk(rendered: Dict[str, str], no_transaction: Set[str], pg_version: str =
 
 # --------------------------------------------------------------------------- tables and their live sizes
 
+_CHANGES_RELATION = {"IndexStmt", "AlterTableStmt", "RenameStmt", "CreateTrigStmt", "RuleStmt", "TruncateStmt",
+                     "DropStmt"}
+
+
 def _relations(kind: str, stmt: dict) -> List[Tuple[Optional[str], str]]:
-    """(schema, name) of the relations a statement changes; DROP INDEX names the index."""
-    if kind in ("IndexStmt", "AlterTableStmt", "RenameStmt", "CreateTrigStmt", "RuleStmt"):
-        relation = stmt.get("relation") or {}
-        return [(relation.get("schemaname"), relation["relname"])] if relation.get("relname") else []
-    if kind == "TruncateStmt":
-        return [(r.get("RangeVar", r).get("schemaname"), r.get("RangeVar", r)["relname"])
-                for r in stmt.get("relations") or ()]
-    if kind == "DropStmt":
-        out = []
-        for obj in stmt.get("objects") or ():
-            parts = [item.get("String", {}).get("sval") for item in obj.get("List", {}).get("items", [])]
-            if parts and all(parts):
-                out.append((parts[-2] if len(parts) > 1 else None, parts[-1]))
-        return out
-    return []
+    """(schema, name) of the relations a statement squawk may flag changes; DROP INDEX names the index."""
+    return lint_mod.changed_relations(kind, stmt) if kind in _CHANGES_RELATION else []
 
 
 def _statement_at(statements: List[Tuple[int, str, dict]], line: int) -> Tuple[str, dict]:
