@@ -228,11 +228,6 @@ class Settings:
         return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal"))
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "Settings":
-        """From any mapping or object fields named like the settings (MigrationsArgs): unknown keys are ignored."""
-        return cls(**{name: values[name] for name in cls.names() if name in values})
-
-    @classmethod
     def from_object(cls, obj: Any) -> "Settings":
         return cls(**{name: getattr(obj, name) for name in cls.names() if hasattr(obj, name)})
 
