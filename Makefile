@@ -95,8 +95,9 @@ pgbouncer:
 
 test: venv toolchain pgbouncer app-venv
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
+# the fast tiers: unit (no database) and db (PostgreSQL, no Pulumi CLI)
 test-fast: venv
-	@$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+	@$(PY) -m pytest -q tests/unit tests/db $(PYTEST_ARGS)
 
 # side-by-side benchmark (about 20 minutes): bench/results.json, bench/pileup-results.json,
 # bench/fleet-results.json, docs/bench-*.png; numbers go in the README
@@ -108,13 +109,13 @@ bench: venv toolchain
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.bench $(BENCH_ARGS)
 	@$(PY) -m bench.pileup $(PILEUP_ARGS)
 	@$(PY) -m bench.adoption
-	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) bench/yaml_vs_python.py
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.yaml_vs_python
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.fleet $(FLEET_ARGS)
 	@$(PY) -m bench.plot
 	@$(PY) -m bench.report
 # a no-change preview of the YAML example (through the package) against the same Python program, side by side
 bench-yaml: venv toolchain
-	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) bench/yaml_vs_python.py
+	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.yaml_vs_python
 
 # the lock-queue pile-up section alone (about 5 minutes): bench/pileup-results.json, docs/bench-pileup.png
 bench-pileup: venv

@@ -6,14 +6,14 @@ the roles are this program's own business.
 import pulumi
 import pulumi_postgresql as postgresql
 
-from components import MigratedSchema, MigratedSchemaArgs  # this repository's layout (same as llmemory_db)
+from llmemory_db import MigratedSchema, MigratedSchemaArgs
 from llmemory_db.migrate import MigrationError, Settings
 
 config = pulumi.Config()
-try:
-    settings = Settings.from_config(config.get)
+try:  # remedies name this program's own stack config keys (llmemory-db:acceptSchemaDrift, ...)
+    settings = Settings.from_config(config.get, spelling="config")
 except MigrationError as exc:
-    raise pulumi.RunError(str(exc)) from None
+    raise pulumi.RunError(exc.render("config")) from None
 runtime_roles = config.get_object("runtimeRoles") or []
 roles = []
 if config.get_bool("createRuntimeRoles"):

@@ -17,14 +17,13 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.bench import make_migrations  # noqa: E402
-from llmemory_db import migrate  # noqa: E402
-from llmemory_db.migrate import Settings, load  # noqa: E402
-from llmemory_db.migrate.adoption import prove  # noqa: E402
-from tests import db as dbs  # noqa: E402
-from tools.pgserver import Server  # noqa: E402
+from bench.bench import make_migrations
+from llmemory_db import migrate
+from llmemory_db.migrate import Settings, load
+from llmemory_db.migrate.adoption import prove
+from tests.helpers import db as dbs
+from tools.pgserver import Server
 
 OUT = ROOT / "bench" / "adoption-results.json"
 

@@ -25,10 +25,9 @@ from typing import Optional
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from llmemory_db.migrate import load, render  # noqa: E402
-from tools.pgserver import Server, bin_dir  # noqa: E402
+from llmemory_db.migrate import load, render
+from tools.pgserver import Server, bin_dir
 
 PY = sys.executable
 VENV = Path(sys.prefix)  # the Pulumi programs' virtualenv: this interpreter's (make bench: .venv)
@@ -207,7 +206,7 @@ class Bench:
             target = migrate.Settings(mdir, schema=SCHEMA)
             with migrate.connect(self.url(db)) as conn:
                 migrate.apply(conn, target)
-                managed = managed_objects(migrate.render_all(migrate.load(mdir), target).values(), SCHEMA)
+                managed = managed_objects(migrate.render_files(migrate.load(mdir), target.schema).values(), SCHEMA)
                 times, objects = [], {}
                 for _ in range(reps):
                     started = time.perf_counter()

@@ -48,11 +48,10 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.bench import PY, Bench, make_migrations, run_measured, summary  # noqa: E402
-from llmemory_db.migrate import load, render  # noqa: E402
-from tools.pgserver import Server, client_bin_dir  # noqa: E402
+from bench.bench import PY, Bench, make_migrations, run_measured, summary
+from llmemory_db.migrate import load, render
+from tools.pgserver import Server, client_bin_dir
 
 OUT = ROOT / "bench" / "fleet-results.json"
 PLOT = ROOT / "docs" / "bench-fleet.png"

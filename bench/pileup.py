@@ -44,9 +44,8 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from tools.pgserver import Server, client_bin_dir  # noqa: E402
+from tools.pgserver import Server, client_bin_dir
 
 PY = sys.executable
 OUT = ROOT / "bench" / "pileup-results.json"

@@ -25,9 +25,8 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from tools.pgserver import Server  # noqa: E402
+from tools.pgserver import Server
 
 PYTHON_PROGRAM = """\
 import pulumi

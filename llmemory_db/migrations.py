@@ -10,9 +10,12 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from . import migrate
-from .migrate.settings import Settings
+from .migrate.connection import ConnectionSettings
 from .migrate.objects import managed_objects
+from .migrate.settings import Settings
 from .provider import ExtensionCheckProvider, MigrationsProvider
+
+_CONNECTION = ConnectionSettings()  # the defaults of every connection field
 
 
 @dataclass
@@ -33,15 +36,18 @@ class ConnectionArgs:
         config = pulumi.Config("postgresql")
         base = base or ConnectionArgs()
         port = config.get("port")
+
+        def pick(name: str, configured: Any) -> Any:
+            given = getattr(base, name)
+            return given if given is not None else (configured or getattr(_CONNECTION, name))
+
         return ConnectionArgs(
-            host=base.host if base.host is not None else (config.get("host") or "localhost"),
-            port=base.port if base.port is not None else int(port or 5432),
-            username=base.username if base.username is not None else (config.get("username") or "postgres"),
+            host=pick("host", config.get("host")), port=pick("port", int(port) if port else None),
+            username=pick("username", config.get("username")),
             password=pulumi.Output.secret(base.password) if base.password is not None
             else config.get_secret("password"),
-            database=base.database if base.database is not None else (config.get("database") or "postgres"),
-            sslmode=base.sslmode if base.sslmode is not None else (config.get("sslmode") or "prefer"),
-            sslrootcert=base.sslrootcert if base.sslrootcert is not None else config.get("sslrootcert"))
+            database=pick("database", config.get("database")), sslmode=pick("sslmode", config.get("sslmode")),
+            sslrootcert=pick("sslrootcert", config.get("sslrootcert")))
 
 
 def project_relative(path: str) -> str:
@@ -80,6 +86,8 @@ class MigrationsArgs:
     startup_guard: bool = _DEFAULT.startup_guard
     baseline: Optional[str] = None             # adopt a schema made without a history: the version it is at
     baseline_trust: bool = _DEFAULT.baseline_trust
+    accept_edits: Sequence[str] = _DEFAULT.accept_edits  # verified edits of applied files ("*": every clean one)
+    spelling: str = _DEFAULT.spelling  # how errors name settings: python (these arguments), yaml, config
 
     def settings(self) -> Settings:
         return Settings.from_object(self)
@@ -158,5 +166,5 @@ def validate(args: MigrationsArgs):
         files = migrate.load(settings.migrations_dir)
         rendered = migrate.render_parsed(files, settings)
     except migrate.MigrationError as exc:
-        raise pulumi.RunError(str(exc)) from None
+        raise pulumi.RunError(exc.render(args.spelling)) from None
     return settings, files, rendered

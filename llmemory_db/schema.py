@@ -3,23 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import pulumi
 import pulumi_postgresql as postgresql
 
 from . import migrate
-from .migrate.render import check_identifier
+from .migrate.settings import Settings
 from .migrations import ConnectionArgs, ExtensionCheck, Migrations, MigrationsArgs, validate
+from .program import Program
 
 TABLE_PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SEQUENCE_PRIVILEGES = ["USAGE", "SELECT"]
-
-# (database, host, port, history table, module) -> (component name, schema): two components must not share a history
-_HISTORIES: Dict[Tuple, Tuple[str, str]] = {}
-# (provider, database, extension) -> the one Extension resource of this program: extensions are per database,
-# and two CREATE EXTENSION IF NOT EXISTS running at once race on pg_extension's unique index
-_EXTENSIONS: Dict[Tuple, postgresql.Extension] = {}
 
 
 @dataclass
@@ -82,46 +77,52 @@ class MigratedSchema(pulumi.ComponentResource):
                  opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("llmemory-db:index:MigratedSchema", name, None, opts)
         args = args or MigratedSchemaArgs()
-        _check_args(args)
+        problems = Settings.problems(vars(args))
+        if problems:
+            raise pulumi.RunError(problems[0].render(args.spelling))
         migration_args = MigrationsArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MigrationsArgs)})
         validated = validate(migration_args)
         settings = validated[0]
         conn = ConnectionArgs.from_config(args.connection)
-        _claim_history(name, conn, settings)
+        program = Program.current()
+        _claim_history(program, name, conn, settings)
 
         provider = self._postgresql_provider(name, args, conn)
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         keep = pulumi.ResourceOptions(retain_on_delete=not args.drop_on_destroy)
         database = conn.database
         schema_name = args.schema or "public"
-        previous: List[pulumi.Resource] = []
+        # Every child waits for this component's own schema and for every extension it needs (shared ones
+        # included: another component may have made them); grants run one after the other (parallel GRANTs on
+        # one catalog row fail with "tuple concurrently updated"), so each also waits for the previous one.
+        base: List[pulumi.Resource] = []
+        chain: List[pulumi.Resource] = []
 
         def after(resource: pulumi.Resource) -> pulumi.Resource:
-            previous[:] = [resource]
+            chain[:] = [resource]
             return resource
 
         def chained(extra: Optional[pulumi.ResourceOptions] = None) -> pulumi.ResourceOptions:
-            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(previous)))
+            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=base + chain))
             return pulumi.ResourceOptions.merge(opts, extra) if extra else opts
 
         def adopting(resource_id: str) -> Optional[pulumi.ResourceOptions]:
             return pulumi.ResourceOptions(import_=resource_id) if args.adopt else None
 
         if args.schema:
-            after(postgresql.Schema(f"{name}-schema", name=args.schema, database=database, if_not_exists=True,
-                                    drop_cascade=args.drop_on_destroy, opts=chained(pulumi.ResourceOptions.merge(
-                                        keep, adopting(f"{database}.{args.schema}")))))
+            base.append(postgresql.Schema(f"{name}-schema", name=args.schema, database=database, if_not_exists=True,
+                                          drop_cascade=args.drop_on_destroy, opts=chained(pulumi.ResourceOptions.merge(
+                                              keep, adopting(f"{database}.{args.schema}")))))
         for extension in args.extensions:
             # shared by everything in the database: created if missing, never dropped by destroy
-            key = (id(provider), str(database), extension)
-            if key not in _EXTENSIONS:
+            def make(extension: str = extension) -> pulumi.Resource:
                 check = self._extension_check_class(f"{name}-ext-{extension}-check", extension, args.connection,
                                                     opts=chained())
-                _EXTENSIONS[key] = postgresql.Extension(
+                return postgresql.Extension(
                     f"{name}-ext-{extension}", name=extension, schema="public", database=database,
                     opts=chained(pulumi.ResourceOptions.merge(pulumi.ResourceOptions(
                         retain_on_delete=True, depends_on=[check]), adopting(f"{database}.{extension}"))))
-            after(_EXTENSIONS[key])
+            base.append(program.share(("extension", id(provider), str(database), extension), make))
         # grants run one after the other: parallel GRANTs on one catalog row fail with "tuple concurrently updated"
         startup = args.startup_role
         roles = list(args.runtime_roles) + ([startup] if startup and startup not in args.runtime_roles else [])
@@ -185,28 +186,14 @@ class MigratedSchema(pulumi.ComponentResource):
                                "package_version": self.package_version})
 
 
-def _check_args(args: MigratedSchemaArgs) -> None:
-    try:
-        if args.schema is not None:
-            check_identifier(args.schema, "schema (MigratedSchemaArgs.schema)")
-        for extension in args.extensions:
-            check_identifier(extension, "extension name (MigratedSchemaArgs.extensions)")
-        for role in args.runtime_roles:
-            check_identifier(role, "runtime role (MigratedSchemaArgs.runtime_roles)")
-        if args.startup_role is not None:
-            check_identifier(args.startup_role, "start-up role (MigratedSchemaArgs.startup_role)")
-    except migrate.MigrationError as exc:
-        raise pulumi.RunError(str(exc)) from None
-
-
-def _claim_history(name: str, conn: ConnectionArgs, settings: migrate.Settings) -> None:
-    key = (str(conn.database), str(conn.host), str(conn.port), settings.history_display, settings.module_name)
+def _claim_history(program: Program, name: str, conn: ConnectionArgs, settings: migrate.Settings) -> None:
+    key = ("history", str(conn.database), str(conn.host), str(conn.port), settings.history_display,
+           settings.module_name)
     schema = settings.schema_name
-    other = _HISTORIES.get(key)
+    other = program.claim(key, name, schema)
     if other and other[1] != schema:
         raise pulumi.RunError(
             f"MigratedSchema {name!r} (schema {schema}) and {other[0]!r} (schema {other[1]}) would share the "
             f"history of module {settings.module_name!r} in {settings.history_display}: their histories would collide.\n"
             "Remedy: give each component its own module_name, or its own history_table "
             f"(e.g. {schema}.schema_migrations)")
-    _HISTORIES[key] = (name, schema)

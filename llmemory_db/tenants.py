@@ -17,14 +17,19 @@ import pulumi_postgresql as postgresql
 from pulumi.dynamic import Resource
 
 from . import migrate
+from .migrate.errors import HistoryCollisionError
 from .migrate.fleet import DEFAULT_HISTORY, FleetSettings, Tenant, check_tenants
 from .migrate.settings import Settings
 from .migrations import ConnectionArgs, ExtensionCheck, MigrationsArgs, project_relative
-from .provider import FleetProvider, connection_key
+from .program import Program
+from .provider import FleetProvider
 
 _DEFAULT_FLEET = FleetSettings(Settings(module_name="tenant"))
-# (connection, history table, module) of every tenant of this program -> the fleet that claimed it
-_CLAIMS: Dict[tuple, str] = {}
+
+
+def connection_key(conn: Dict[str, Any]) -> str:
+    """A readable key of a tenant's own connection: user@host:port/database."""
+    return f"{conn.get('username')}@{conn.get('host')}:{conn.get('port')}/{conn.get('database')}"
 
 
 @dataclass
@@ -108,22 +113,23 @@ class MigratedTenants(pulumi.ComponentResource):
                 connections.setdefault(key, conn)
                 tenants.append({"schema": item.schema, "database": key})
             check_tenants(Tenant(t["schema"], t["database"]) for t in tenants)
+            program = Program.current()
             for tenant in tenants:
                 history = fleet.for_tenant(Tenant(tenant["schema"]))
                 conn = connections[tenant["database"]]
                 claim = (str(conn["host"]), str(conn["port"]), str(conn["database"]), history.history_display,
                          history.module_name)
-                other = _CLAIMS.setdefault(claim, name)
-                if other != name:
-                    raise migrate.MigrationError(
-                        f"MigratedTenants {name!r} and {other!r} both claim tenant {tenant['schema']}'s history "
+                other = program.claim(("tenant",) + claim, name, "tenant")
+                if other:
+                    raise HistoryCollisionError(
+                        f"MigratedTenants {name!r} and {other[0]!r} both claim tenant {tenant['schema']}'s history "
                         f"({history.history_display}, module {history.module_name!r}): their histories would "
                         "collide", remedy="list each tenant in one fleet, or give the fleets different modules")
             files = migrate.load(settings.migrations_dir)
             probe = tenants[0]["schema"] if tenants else "tenant"
             rendered = migrate.render_parsed(files, settings.replace(schema=probe))
         except migrate.MigrationError as exc:
-            raise pulumi.RunError(str(exc)) from None
+            raise pulumi.RunError(exc.render(args.spelling)) from None
         managed = migrate.objects.managed_objects(rendered.values(), probe)
         child = pulumi.ResourceOptions(parent=self)
         shared: List[pulumi.Resource] = []
@@ -141,10 +147,8 @@ class MigratedTenants(pulumi.ComponentResource):
                         parent=self, provider=provider, retain_on_delete=True, depends_on=[check])))
         if not settings.migrations_package:
             settings = settings.replace(migrations_dir=project_relative(str(settings.migrations_dir)))
-        props: Dict[str, Any] = settings.to_props()
-        props.update(history_template=fleet.history_template, max_parallel=fleet.max_parallel, canary=fleet.canary,
-                     wave_size=fleet.wave_size, on_error=fleet.on_error, runtime_roles=list(fleet.runtime_roles),
-                     tenants_list=tenants, connections=connections,
+        props: Dict[str, Any] = dataclasses.replace(fleet, base=settings).to_props()
+        props.update(tenants_list=tenants, connections=connections,
                      checksums={m.filename: m.checksum for m in files}, managed=dataclasses.asdict(managed),
                      tenants=None, summary=None, failed=None, applied=None, objects=None, fingerprint=None,
                      drift=None)

@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import db as dbs  # noqa: E402
-from tools.pgbouncer import Bouncer  # noqa: E402
-from tools.pgserver import Server  # noqa: E402
+from tests.helpers import ROOT
+from tests.helpers import db as dbs
+from tools.pgbouncer import Bouncer
+from tools.pgserver import Server
 
 TEST_PG_DIR = Path(os.environ.get("LLMEMORY_TEST_PG_DIR", ROOT / ".state" / "pg-test"))
 
@@ -67,11 +64,3 @@ def database(db):
 def conn(database):
     with psycopg.connect(database, autocommit=True) as connection:
         yield connection
-
-
-def write(directory: Path, files: dict) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        data = text if isinstance(text, bytes) else text.encode("utf-8")
-        (directory / name).write_bytes(data)
-    return directory

@@ -28,7 +28,6 @@ def sdkgen() -> Path:
 
 
 def schema_text() -> str:
-    sys.path.insert(0, str(ROOT))
     from llmemory_db.package.server import PackageProvider
 
     return PackageProvider().schema

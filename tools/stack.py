@@ -73,7 +73,6 @@ def configure_embedded(stack: auto.Stack, database: str, config: Dict[str, Union
     """Point ``stack`` at ``database`` on the embedded server (started, the database created if missing): the
     ``postgresql:*`` config (password as a secret), plus ``config`` (with createRuntimeRoles, a generated
     runtime password kept in .state/<name>-runtime-password)."""
-    sys.path.insert(0, str(ROOT))
     import psycopg
 
     from tools.pgserver import HOST, SUPERUSER, Server

@@ -1,42 +1,46 @@
 """The migration engine: pgdbm-compatible templated SQL migrations on psycopg 3. No Pulumi import anywhere.
 
-One responsibility per module, in the order data flows:
+One responsibility per module, in the order data flows (docs/architecture.md draws it):
 
-- ``settings``    the one settings object (names, defaults, conversions to props, CLI options, stack config)
-- ``files``       migration files: order, versions, pgdbm's checksum
-- ``render``      ``{{tables.x}}`` templates, exactly as pgdbm renders them
-- ``lint``        PostgreSQL's parser (pglast): syntax errors as file:line:col, dangerous constructs
-- ``plan``        files against history (a pure function)
-- ``connection``  connect with retries, secrets scrubbed, pooler detection
-- ``history``     the history store: table, rows, in-flight records, pgdbm's advisory lock, forget, resolve
-- ``executor``    the apply loop and its two strategies (in a transaction, no-transaction)
-- ``diagnosis``   where a migration failed and the remedy, by SQLSTATE
-- ``risk``        squawk's findings on pending files, with live table sizes; the deny policy
-- ``drift``       catalog fingerprints, the drift check, the files' schema proven on a scratch schema
-- ``adoption``    existing databases: refuse the unknown, a proven baseline, copying a pgdbm history
-- ``objects``     which objects the migrations create (grants, drift scope)
-- ``extensions``  extensions present or creatable, else the remedy
-- ``source``      migrations shipped inside an installed package (a pgdbm library)
-- ``startup``     the role an application's pgdbm runs its start-up check as, and its guard
-- ``cli``         ``python -m llmemory_db.migrate``
+- ``settings``     the one settings object (names, defaults, validation, props, CLI options, stack config)
+- ``spelling``     settings named in the caller's terms (Python argument, YAML property, CLI option, config key)
+- ``errors``       every typed error, each with its remedy; ``events``: what the engine reports while it works
+- ``files``        migration files: order, versions, pgdbm's checksum; ``source``: files inside a package
+- ``identifiers``  safe names; ``render``: ``{{tables.x}}`` templates, exactly as pgdbm renders them
+- ``parser``       PostgreSQL's parser (pglast): statements, lines, trees; ``lint``: the rules on pending files
+- ``plan``         files against history (pure); ``state``: the same, read from the database (``status()``)
+- ``connection``   connection settings, connect with retries, secrets scrubbed, pooler detection
+- ``history``      pgdbm's history table and advisory lock; ``inflight``: interrupted no-transaction files;
+                   ``privileges``: what default privileges leaked onto the engine's tables; ``edits``: accepted
+                   edits of applied files and their audit trail
+- ``executor``     the apply loop and its two strategies; ``diagnosis``: where a file failed and the remedy;
+                   ``watch``: who blocks a migration, read from a second connection
+- ``risk``         squawk's findings with live table sizes; ``drift``: catalog fingerprints; ``proof``: the files'
+                   schema built in a scratch schema; ``adoption``: existing databases; ``objects``: what files create
+- ``extensions``, ``startup``   prerequisites and the application's start-up role
+- ``ops``          the operations every caller uses: preflight, apply, refresh, destroy, diff
+- ``fleet``, ``fleet_state``, ``fleet_ops``   one module over many tenant schemas
+- ``cli``          ``python -m llmemory_db.migrate``
 """
-from .adoption import (BaselineMismatchError, BaselineResult, UnknownSchemaError, baseline, copy_history,
-                       refuse_unknown)
-from .connection import connect, pooler, scrub
-from .drift import DriftReport, SchemaDriftError, check_drift
-from .errors import (ChecksumMismatchError, ConnectionFailedError, ConnectionLostError, DuplicateVersionError, Inflight,
-                     InterruptedMigrationError, InvalidIdentifierError, LintError, LintIssue, LockRetryError,
-                     LockTimeoutError,
-                     MigrationError, MigrationFileError, MigrationsDirectoryError, PoolerError, StatementError,
-                     TemplateError)
-from .executor import ApplyResult, Status, apply, lint_pending, render_all, render_parsed, status
+from .adoption import BaselineResult, baseline, copy_history, refuse_unknown
+from .connection import ConnectionSettings, connect, pooler, scrub
+from .errors import (BaselineMismatchError, ChecksumMismatchError, ConnectionFailedError, ConnectionLostError,
+                     DuplicateVersionError, EditedFileError, Inflight, InterruptedMigrationError,
+                     InvalidIdentifierError, LintError, LintIssue, LockRetryError, LockTimeoutError, MigrationError,
+                     MigrationFileError, MigrationsDirectoryError, PoolerError, RiskError, SchemaDriftError,
+                     SettingError, StatementError, TemplateError, UnknownSchemaError)
+from .events import Event
 from .extensions import check_extensions
 from .files import Migration, checksum, load, version_of
 from .history import HistoryStore
+from .inflight import InflightLog
+from .lint import lint_pending, render_parsed
+from .ops import ApplyResult, DriftReport, Preflight, apply, check_drift, preflight, refresh
 from .plan import Plan, plan
-from .risk import Finding, RiskError, RiskReport, analyze
-from .render import render
+from .render import render, render_files
+from .risk import Finding, RiskReport, analyze
 from .settings import DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, POOL_MODES, Settings, Target
+from .state import Status, status
 
 
 def read_history(conn, settings: Settings):
@@ -45,11 +49,11 @@ def read_history(conn, settings: Settings):
 
 
 def read_inflight(conn, settings: Settings):
-    return HistoryStore(conn, settings).read_inflight()
+    return InflightLog(HistoryStore(conn, settings)).read()
 
 
 def resolve(conn, settings: Settings, filename: str, action: str) -> str:
-    return HistoryStore(conn, settings).resolve(filename, action)
+    return InflightLog(HistoryStore(conn, settings)).resolve(filename, action)
 
 
 def forget(conn, settings: Settings, drop_tables=()) -> int:

@@ -19,20 +19,14 @@ from typing import List, Optional, Sequence
 import psycopg
 from psycopg import sql
 
-from . import drift
-from .errors import MigrationError
+from . import drift, proof
+from .errors import BaselineMismatchError, CopyHistoryError, SettingError, UnknownSchemaError
+from .events import Event, Sink, ignore
 from .files import Migration, load
 from .history import HistoryStore
 from .render import render
 from .settings import Settings
-
-
-class UnknownSchemaError(MigrationError):
-    """The target already holds objects the migrations would create, and the module has no history there."""
-
-
-class BaselineMismatchError(MigrationError):
-    """The live schema is not what the files up to the baseline version produce."""
+from .spelling import setting
 
 
 @dataclass
@@ -49,9 +43,9 @@ def files_up_to(files: Sequence[Migration], version: str) -> List[Migration]:
         if version in (migration.version, migration.filename) or (
                 version.isdigit() and migration.version.isdigit() and int(version) == int(migration.version)):
             return list(files[:index + 1])
-    raise MigrationError(f"No migration file has version {version!r} (files: "
-                         f"{', '.join(m.filename for m in files) or 'none'})",
-                         remedy="give the version of the last file the existing schema already has, e.g. 002")
+    raise SettingError(f"No migration file has version {version!r} ({setting('baseline')}; files: "
+                       f"{', '.join(m.filename for m in files) or 'none'})", setting="baseline",
+                       remedy="give the version of the last file the existing schema already has, e.g. 002")
 
 
 def existing_objects(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> List[str]:
@@ -101,14 +95,13 @@ def refuse_unknown(conn: psycopg.Connection, settings: Settings, files: Sequence
             f"{shown}; nothing was applied",
             file=files[0].filename,
             remedy="if this schema was made by these files (by hand, psql -f, another tool), adopt it: "
-                   "baseline VERSION (llmemory-db:baseline, or python -m llmemory_db.migrate baseline VERSION) "
-                   "records the files up to VERSION as applied once the live schema is proven to match them; "
-                   "or deploy into a different schema (llmemory-db:schema)")
+                   f"{setting('baseline', 'VERSION')} records the files up to VERSION as applied once the live "
+                   f"schema is proven to match them; or deploy into a different {setting('schema')}")
 
 
 def prove(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> List[str]:
     """Differences between the live schema and what ``files`` produce (empty: they match)."""
-    return drift.diff_against_files(conn, settings, files)
+    return proof.diff_against_files(conn, settings, files)
 
 
 def verify_baseline(conn: psycopg.Connection, settings: Settings, upto: Sequence[Migration], version: str) -> None:
@@ -120,7 +113,8 @@ def verify_baseline(conn: psycopg.Connection, settings: Settings, upto: Sequence
             f"{upto[0].filename}…{upto[-1].filename} produce; nothing was recorded:\n  " + "\n  ".join(differences),
             file=upto[-1].filename,
             remedy="make the live schema match (the differences above, in the drift check's words), or baseline at "
-                   "the version it does match; baseline_trust (--trust) records without the proof, at your own risk")
+                   f"the version it does match; {setting('baseline_trust', True)} records without the proof, at "
+                   "your own risk")
 
 
 def baseline(conn: psycopg.Connection, settings: Settings, version: str, *, trust: bool = False,
@@ -159,29 +153,29 @@ def copy_history(conn: psycopg.Connection, settings: Settings, from_module: Opti
     with their checksums verified, skipping rows already there; one transaction under the module's lock.
     Returns the files copied."""
     if from_module is None and from_table is None:
-        raise MigrationError("copy-history needs the module or the history table to copy from",
+        raise CopyHistoryError("copy-history needs the module or the history table to copy from",
                              remedy="--from-module OLD_NAME and/or --from-history-table schema.table")
     source = settings.replace(module_name=from_module or settings.module_name,
                               history_table=from_table or settings.history_table)
     if (source.module_name, source.history_display) == (settings.module_name, settings.history_display):
-        raise MigrationError("copy-history: the source is this module's own history", remedy="name another one")
+        raise CopyHistoryError("copy-history: the source is this module's own history", remedy="name another one")
     source_store, store = HistoryStore(conn, source), HistoryStore(conn, settings)
     if not source_store.exists():
-        raise MigrationError(f"The history table {source.history_display} does not exist",
+        raise CopyHistoryError(f"The history table {source.history_display} does not exist",
                              remedy="name the table pgdbm used, e.g. <schema>.schema_migrations")
     files = {m.filename: m for m in load(settings.migrations_dir)}
     rows = conn.execute(sql.SQL("SELECT filename, checksum FROM {} WHERE module_name = %s ORDER BY filename").format(
         source.history_ident), (source.module_name,)).fetchall()
     if not rows:
-        raise MigrationError(f"{source.history_display} has no rows of module {source.module_name!r}",
+        raise CopyHistoryError(f"{source.history_display} has no rows of module {source.module_name!r}",
                              remedy="check the module name pgdbm used (its module_name column)")
     for filename, checksum in rows:
         if filename not in files:
-            raise MigrationError(f"{source.history_display} records {filename} (module {source.module_name!r}), "
+            raise CopyHistoryError(f"{source.history_display} records {filename} (module {source.module_name!r}), "
                                  f"which is not in {settings.migrations_dir}; nothing was copied", file=filename,
                                  remedy="copy from the folder those files came from (--dir / --package)")
         if files[filename].checksum != checksum:
-            raise MigrationError(f"{filename} was recorded with checksum {checksum} in {source.history_display}, "
+            raise CopyHistoryError(f"{filename} was recorded with checksum {checksum} in {source.history_display}, "
                                  f"but the file has {files[filename].checksum}; nothing was copied", file=filename,
                                  remedy="restore the file as it was applied")
     if not store.exists():
@@ -197,3 +191,27 @@ def copy_history(conn: psycopg.Connection, settings: Settings, from_module: Opti
     return copied
 
 
+
+
+def decide(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration], *, known: bool = False,
+           record: bool = False, on_event: Sink = ignore) -> List[str]:
+    """A first deployment of the module here (no history of it): refuse a schema that already holds its objects,
+    unless a baseline is set and proven (``record``: record it, as an apply does; else only prove it, as a preview
+    does). ``known``: the caller deployed these files here before (a stack's state says so), so objects without a
+    history are the spec's development reset, re-run as pgdbm would. Returns the files a baseline recorded."""
+    if settings.baseline:
+        if record:
+            result = baseline(conn, settings, settings.baseline, trust=settings.baseline_trust, files=files)
+            on_event(Event("baseline", result.message, "warning" if settings.baseline_trust else "info"))
+            return result.recorded
+        if settings.baseline_trust:
+            on_event(Event("baseline", f"baseline {settings.baseline}: TRUSTED WITHOUT PROOF (the live schema is "
+                                       "not compared with the files)", "warning"))
+        else:
+            upto = files_up_to(files, settings.baseline)
+            verify_baseline(conn, settings, upto, settings.baseline)
+            on_event(Event("baseline", f"baseline {settings.baseline}: the live schema matches {upto[0].filename}…"
+                                       f"{upto[-1].filename}; up records them as applied without running them"))
+    elif not known:
+        refuse_unknown(conn, settings, files)
+    return []

@@ -11,12 +11,16 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional
 
-from . import adoption, drift, executor, risk
+from . import adoption, edits, ops, proof, risk
 from .connection import connect
-from .errors import ConnectionFailedError, InterruptedMigrationError, MigrationError
+from .errors import ConnectionFailedError, EditedFileError, InterruptedMigrationError, MigrationError
+from .events import Event
 from .files import load
 from .history import HistoryStore
+from .inflight import InflightLog
+from .lint import lint_pending
 from .settings import Settings
+from .state import status
 
 PROG = "python -m llmemory_db.migrate"
 # the settings each command takes (see Settings for their help and defaults)
@@ -41,6 +45,10 @@ COMMANDS: Dict[str, tuple] = {
     "copy-history": ("adopt the history of a pgdbm application kept under another module name or in another "
                      "history table: copy its rows (checksums verified, idempotent, one transaction)",
                      WHERE + ("lock_wait_timeout",)),
+    "accept-edit": ("an applied file was edited (a library's release edits its own files): prove that the edit "
+                    "changes nothing in the schema but comments (every applied file built in a scratch schema, "
+                    "rolled back, compared with the live one), then record its new checksum, keeping the old one "
+                    "in an audit trail; --trust records without the proof", WHERE + ("extensions", "lock_wait_timeout")),
 }
 
 
@@ -61,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "copy-history":
             sub.add_argument("--from-module", help="the module name the rows were recorded under")
             sub.add_argument("--from-history-table", help="the history table they are in (schema.table)")
+        if name == "accept-edit":
+            sub.add_argument("file", nargs="?", help="the edited file, e.g. 001_complete_schema.sql")
+            sub.add_argument("--all", action="store_true", help="every edited applied file")
+            sub.add_argument("--trust", dest="trust_edit", action="store_true",
+                             help="record without the proof (said loudly; at your own risk)")
         if name == "resolve":
             sub.add_argument("file", help="the interrupted migration file, e.g. 002_index.sql")
             action = sub.add_mutually_exclusive_group(required=True)
@@ -85,15 +98,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         with connect(args.dsn) as conn:
             return RUN[args.command](args, settings, conn)
     except MigrationError as exc:
+        text = exc.render("cli")
         if args.json:
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__}, indent=2))
-        print(f"error: {exc}", file=sys.stderr)
+            print(json.dumps({"error": text, "type": type(exc).__name__}, indent=2))
+        print(f"error: {text}", file=sys.stderr)
         return 2
+
+
+def _print_event(event: Event) -> None:
+    print(str(event), file=sys.stderr)
 
 
 def _lint(args, settings: Settings) -> int:
     files = load(settings.migrations_dir)
-    rendered, warnings = executor.lint_pending(files, settings)
+    rendered, warnings = lint_pending(files, settings)
     report, note = None, ""
     if args.dsn:
         try:
@@ -116,10 +134,10 @@ def _risk_text(report: "risk.RiskReport") -> str:
 
 
 def _plan_or_status(args, settings: Settings, conn) -> int:
-    current = executor.status(conn, settings)
+    current = status(conn, settings)
     report = None
     if args.command == "plan":
-        rendered, current.warnings = executor.lint_pending(current.plan.pending, settings)
+        rendered, current.warnings = lint_pending(current.plan.pending, settings)
         report = risk.analyze(current.plan.pending, rendered, settings, conn)
         if args.sql:
             print(risk.rendered_sql(current.plan.pending, rendered, settings), end="", file=sys.stderr
@@ -148,7 +166,8 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
 
 def _apply(args, settings: Settings, conn) -> int:
     progress = None if args.json else (lambda name: print(f"applied {name}", file=sys.stderr))
-    result = executor.apply(conn, settings, on_progress=progress, on_event=lambda line: print(line, file=sys.stderr))
+    result = ops.apply(conn, settings, on_progress=progress,
+                       on_event=lambda e: e.kind != "applied" and _print_event(e))
     _emit(args, result.as_dict(),
           f"{len(result.applied)} migration(s) applied, {len(result.skipped)} already applied "
           f"in {result.duration_ms:.0f} ms" + _warnings_text(result.warnings))
@@ -156,16 +175,16 @@ def _apply(args, settings: Settings, conn) -> int:
 
 
 def _resolve(args, settings: Settings, conn) -> int:
-    message = HistoryStore(conn, settings).resolve(args.file, args.action)
+    message = InflightLog(HistoryStore(conn, settings)).resolve(args.file, args.action)
     _emit(args, {"resolved": args.file, "action": args.action}, message)
     return 0
 
 
 def _drift(args, settings: Settings, conn) -> int:
-    current = executor.status(conn, settings)
+    current = status(conn, settings)
     current.plan.raise_for_mismatch()
     applied = current.plan.applied
-    differences = drift.diff_against_files(conn, settings, applied)
+    differences = proof.diff_against_files(conn, settings, applied)
     result = {"applied": [m.filename for m in applied], "pending": [m.filename for m in current.plan.pending],
               "differences": differences}
     where = f"{settings.schema_name} (module {settings.module_name}, {len(applied)} applied file(s))"
@@ -190,9 +209,45 @@ def _copy_history(args, settings: Settings, conn) -> int:
     return 0
 
 
+def _accept_edit(args, settings: Settings, conn) -> int:
+    files = load(settings.migrations_dir)
+    store = HistoryStore(conn, settings)
+    recorded = store.read() if store.exists() else {}
+    edited = proof.edited_files(files, recorded)
+    if args.file and not args.all:
+        if args.file not in {m.filename for m in files}:
+            raise MigrationError(f"{args.file} is not in {settings.migrations_dir}", file=args.file,
+                                 remedy="name a migration file of the folder (--dir / --package)")
+        edited = [e for e in edited if e[0] == args.file]
+        if not edited:
+            _emit(args, {"accepted": [], "message": f"{args.file} is not edited: nothing to do"},
+                  f"{args.file}: recorded with the checksum of the file on disk: nothing to do")
+            return 0
+    elif not args.all:
+        raise MigrationError("accept-edit needs a FILE or --all", remedy="for example: accept-edit 001_x.sql")
+    if not edited:
+        _emit(args, {"accepted": [], "message": "no applied file was edited"}, "no applied file was edited")
+        return 0
+    if args.trust_edit:
+        result = proof.EditProof(edited, proven=False)
+    else:
+        result = proof.prove_edits(conn, settings, files, {**recorded, **{}})
+        result.edited = edited
+        if not result.clean:
+            raise EditedFileError(edited, settings.module_name, settings.history_display,
+                                  f"proof: {result.verdict()}; nothing was recorded",
+                                  remedy="restore the file as it was applied and put the change in a new migration; "
+                                         "if the live schema is what you want and you checked it, --trust records "
+                                         "without the proof")
+    done = edits.record(conn, settings, result)
+    _emit(args, {"accepted": [name for name, _, _ in edited], **result.as_dict()},
+          f"proof: {result.verdict()}" + "".join(f"\n{line}" for line in done))
+    return 0
+
+
 RUN: Dict[str, Callable[..., int]] = {"plan": _plan_or_status, "status": _plan_or_status, "apply": _apply,
                                       "resolve": _resolve, "drift": _drift, "baseline": _baseline,
-                                      "copy-history": _copy_history}
+                                      "copy-history": _copy_history, "accept-edit": _accept_edit}
 
 
 def _warnings_text(warnings) -> str:

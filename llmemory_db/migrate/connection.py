@@ -1,11 +1,13 @@
 """Connections: connect with retries, scrub secrets from messages, detect a pooler in between."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
 import time
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
@@ -76,8 +78,49 @@ def connect(conninfo: str = "", *, retries: int = 3, backoff: float = 0.5, conne
     message = scrub(str(last).strip(), [password])
     raise ConnectionFailedError(
         f"Cannot connect to PostgreSQL: {message}",
-        remedy="check host, port, database, user and password (postgresql:* stack config or --dsn), "
-               "and that the server is running and reachable")
+        remedy="check host, port, database, user and password (the connection argument, the postgresql:* stack "
+               "config, or --dsn), and that the server is running and reachable")
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How to reach PostgreSQL, with the defaults libpq users expect (each default lives here, once).
+
+    Resource properties use these names (``username``, as pulumi-postgresql's config does); the password stays a
+    secret wherever the caller keeps it."""
+
+    host: str = "localhost"
+    port: int = 5432
+    username: str = "postgres"
+    password: Optional[str] = None
+    database: str = "postgres"
+    sslmode: str = "prefer"
+    sslrootcert: Optional[str] = None   # the CA file for sslmode verify-ca / verify-full
+
+    @classmethod
+    def names(cls) -> tuple:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, Any]) -> "ConnectionSettings":
+        """From properties; a missing or empty field takes its default."""
+        values = {name: props[name] for name in cls.names() if props.get(name) not in (None, "")}
+        if "port" in values:
+            values["port"] = int(values["port"])
+        return cls(**values)
+
+    def to_props(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        """A readable key: user@host:port/database (never the password)."""
+        return f"{self.username}@{self.host}:{self.port}/{self.database}"
+
+    def connect(self, retries: int = 3) -> psycopg.Connection:
+        return connect(retries=retries, host=self.host, port=self.port, user=self.username,
+                       password=self.password or None, dbname=self.database, sslmode=self.sslmode,
+                       **({"sslrootcert": self.sslrootcert} if self.sslrootcert else {}))
 
 
 def pooler(conn: psycopg.Connection, settings: Settings) -> str:

@@ -9,26 +9,13 @@ applications' objects in ``public`` are never drift.
 from __future__ import annotations
 
 import hashlib
-import re
-import uuid
-from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import psycopg
-from psycopg import sql
 
-from .errors import InterruptedMigrationError, MigrationError
-from .files import Migration
-from .history import HistoryStore, rollback
-from .lint import parse
 from .objects import ManagedObjects, managed_objects
-from .render import render
+from .parser import parse
 from .settings import Settings
-
-DRIFT_REMEDY = (
-    "undo the manual change, or write a migration that makes it (and apply it with pulumi up), or accept the "
-    "current schema as it is: set accept_schema_drift (config llmemory-db:acceptSchemaDrift true) for one "
-    "`pulumi up`, which records the new fingerprint, then unset it")
 
 _QUERY = """
 WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(%(schemas)s)),
@@ -79,7 +66,7 @@ SELECT NULL, 'extension', e.extname, e.extversion FROM pg_extension e WHERE e.ex
 """
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -93,26 +80,19 @@ def inspect(conn: psycopg.Connection, schema: Optional[str], managed: ManagedObj
                                             everything=bool(schema) if everything is None else everything)]
     found = {}
     shown = namespace
-    if rename:  # (scratch, target schema or None for standalone, whose objects show unqualified)
+    if rename:  # (scratch, target schema or None for standalone: public)
         scratch, target = rename
         shown = target or "public"
-        replacements = ([(scratch, conn.execute("SELECT quote_ident(%s)", (target,)).fetchone()[0])] if target
-                        else [(f'"{scratch}".', ""), (f"{scratch}.", ""), (scratch, "public")])
+        # read with an empty search_path (pg_catalog only), every name is schema-qualified, as the live schema's is
+        replacements = [(scratch, conn.execute("SELECT quote_ident(%s)", (shown,)).fetchone()[0])]
     for kind, name, definition in rows:
         definition = definition or ""
         if rename:
             for old, new in replacements:
                 definition = definition.replace(old, new)
         key = f"{kind} {name}" if kind == "extension" else f"{kind} {shown}.{name}"
-        found[key] = _digest(definition)
+        found[key] = digest(definition)
     return dict(sorted(found.items()))
-
-
-def privilege_drift(conn: psycopg.Connection, settings: Settings) -> List[str]:
-    """Privileges on the history (table, sequence, in-flight table) that the schema's default privileges gave
-    other roles, in the drift check's words; the next apply revokes them."""
-    return [f"privilege {', '.join(privileges)} on {kind.lower()} {name} to {grantee}: added"
-            for kind, name, grantee, privileges in HistoryStore(conn, settings).default_privilege_leaks()]
 
 
 def _params(schemas: Sequence[str], managed: ManagedObjects, extensions: Sequence[str], exclude: Sequence[str],
@@ -137,10 +117,11 @@ def inspect_stream(conn: psycopg.Connection, schemas: Sequence[str], managed: Ma
 
 
 def engine_tables(settings: Settings) -> List[str]:
-    """The history table and its in-flight companion, when they live in the target schema: the engine's, not
-    the migrations' objects."""
+    """The history table and its companions (in-flight log, edits' audit trail), when they live in the target
+    schema: the engine's, not the migrations' objects."""
     history_schema, history_name = settings.history_parts
-    return [history_name, settings.inflight_parts[1]] if history_schema == settings.schema_name else []
+    return [history_name, settings.inflight_parts[1], settings.edits_parts[1]] \
+        if history_schema == settings.schema_name else []
 
 
 def inspect_target(conn: psycopg.Connection, settings: Settings, managed: ManagedObjects) -> Dict[str, str]:
@@ -189,109 +170,4 @@ def without_expected(differences: Sequence[str], created: Set[str]) -> List[str]
 
 
 def fingerprint(objects: Dict[str, str]) -> str:
-    return _digest("\n".join(f"{k}={v}" for k, v in sorted(objects.items())))
-
-
-# --------------------------------------------------------------------------- the drift check of an update
-
-class SchemaDriftError(MigrationError):
-    """Objects the migrations manage were changed outside the migrations; nothing was applied."""
-
-    def __init__(self, settings: Settings, differences: Sequence[str]) -> None:
-        self.differences = list(differences)
-        super().__init__(
-            f"Schema drift in {settings.schema_name} (module {settings.module_name}): objects the migrations manage "
-            "were changed outside Pulumi; nothing was applied:\n  " + "\n  ".join(self.differences),
-            remedy=DRIFT_REMEDY)
-
-
-@dataclass
-class DriftReport:
-    differences: List[str] = field(default_factory=list)   # manual changes, in plain words
-    applied_since: List[str] = field(default_factory=list)  # files another applier applied since the fingerprint
-    accepted: bool = False                                   # differences found and accepted (accept_schema_drift)
-
-    @property
-    def clean(self) -> bool:
-        return not self.differences
-
-
-def check_drift(conn: psycopg.Connection, settings: Settings, managed: ManagedObjects, recorded: Dict[str, str],
-                covered: Sequence[str]) -> DriftReport:
-    """Compare the live schema with the fingerprint ``recorded`` after the files ``covered`` were applied.
-
-    Not drift: files applied since by another applier (pgdbm at start-up) move the schema on with the history
-    (the fingerprint is taken again after the update); objects that pending files create and that exist already
-    are an interrupted run's (reported as that). Raises InterruptedMigrationError for an interrupted
-    no-transaction file, and SchemaDriftError on drift unless ``settings.accept_schema_drift``."""
-    from .executor import render_all, status  # the executor does not need drift: imported here, not at the top
-
-    current = status(conn, settings)
-    if current.interrupted:
-        raise InterruptedMigrationError(current.interrupted, settings.module_name)
-    covered_set = set(covered)
-    since = [m.filename for m in current.plan.applied if m.filename not in covered_set]
-    if since:
-        return DriftReport(applied_since=since)
-    differences = compare(recorded, inspect_target(conn, settings, managed))
-    if differences and current.plan.pending:
-        pending = render_all(current.plan.pending, settings).values()
-        differences = without_expected(differences, created_by(pending, settings.schema))
-    if differences and not settings.accept_schema_drift:
-        raise SchemaDriftError(settings, differences)
-    return DriftReport(differences=differences, accepted=bool(differences))
-
-
-# --------------------------------------------------------------------------- the files' schema, proven on a scratch
-
-SCRATCH_PREFIX = "llmdb_scratch_"
-_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.IGNORECASE)
-SCRATCH_LOCK_TIMEOUT = "2s"        # the scratch apply never waits long for a lock (it needs none on live tables)
-SCRATCH_STATEMENT_TIMEOUT = "60s"
-
-
-def expected_objects(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> Dict[str, str]:
-    """The fingerprint that ``files`` produce, named as in the target schema: the files are rendered for a
-    scratch schema and applied inside a transaction on the same server, inspected, and rolled back (nothing is
-    left behind; short lock and statement timeouts; the migration role's rights only)."""
-    scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
-    # on the scratch's empty tables CONCURRENTLY buys nothing, and it cannot run in the proof's transaction
-    rendered = [_CONCURRENTLY.sub("", render(m.sql, scratch, m.filename)) if m.no_transaction
-                else render(m.sql, scratch, m.filename) for m in files]
-    standalone = [render(m.sql, settings.schema, m.filename) for m in files]
-    managed = managed_objects(standalone, settings.schema)
-    conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; "
-                         "CREATE SCHEMA {}; SET LOCAL search_path TO {}, public").format(
-        sql.Literal(SCRATCH_LOCK_TIMEOUT), sql.Literal(SCRATCH_STATEMENT_TIMEOUT), sql.Identifier(scratch),
-        sql.Identifier(scratch)))
-    try:
-        for migration, text in zip(files, rendered):
-            try:
-                conn.execute(text)
-            except psycopg.Error as exc:
-                raise MigrationError(
-                    f"Could not build the schema of {migration.filename} in a scratch schema to compare with: "
-                    f"{exc.diag.message_primary or exc} (SQLSTATE {exc.diag.sqlstate})", file=migration.filename,
-                    remedy="the migration role needs CREATE on the database for a scratch schema (rolled back "
-                           "afterwards); a file that names its schema without {{tables.x}}/{{schema}} cannot be "
-                           "rebuilt elsewhere") from None
-        conn.execute("SET LOCAL search_path TO public")
-        return inspect(conn, scratch, managed, settings.extensions, everything=bool(settings.schema),
-                       rename=(scratch, settings.schema))
-    finally:
-        rollback(conn)
-
-
-def live_objects(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> Dict[str, str]:
-    """The live fingerprint of the objects ``files`` manage, read the way :func:`expected_objects` reads."""
-    managed = managed_objects([render(m.sql, settings.schema, m.filename) for m in files], settings.schema)
-    conn.execute("BEGIN; SET LOCAL search_path TO public")
-    try:
-        return inspect(conn, settings.schema, managed, settings.extensions, engine_tables(settings))
-    finally:
-        rollback(conn)
-
-
-def diff_against_files(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration]) -> List[str]:
-    """How the live schema differs from what ``files`` produce, in the drift check's words."""
-    return compare(expected_objects(conn, settings, files), live_objects(conn, settings, files))
+    return digest("\n".join(f"{k}={v}" for k, v in sorted(objects.items())))

@@ -7,12 +7,17 @@ connection string or a password.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
+
+from .spelling import setting, spell
 
 
 class MigrationError(Exception):
-    """Base class of every error raised by the engine."""
+    """Base class of every error raised by the engine.
+
+    Settings named in the message or the remedy are marked (:func:`.spelling.setting`): ``str()`` writes them as
+    Python arguments; :meth:`render` in the caller's terms (yaml, cli, config)."""
 
     remedy: str = ""
 
@@ -29,11 +34,14 @@ class MigrationError(Exception):
             return f"{self.file}:{self.line}"
         return self.file or ""
 
-    def __str__(self) -> str:
+    def render(self, style: str = "python") -> str:
         text = self.message
         if self.remedy:
             text += f"\nRemedy: {self.remedy}"
-        return text
+        return spell(text, style)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class MigrationsDirectoryError(MigrationError):
@@ -52,7 +60,15 @@ class TemplateError(MigrationFileError):
     """A ``{{...}}`` placeholder is unknown, malformed or names an invalid identifier."""
 
 
-class InvalidIdentifierError(MigrationError):
+class SettingError(MigrationError):
+    """A setting or argument has an invalid value (``setting`` names it, as the engine spells it)."""
+
+    def __init__(self, message: str, *, setting: str = "", remedy: str = "") -> None:
+        self.setting = setting
+        super().__init__(message, remedy=remedy)
+
+
+class InvalidIdentifierError(SettingError):
     """A schema, table, role or module name that is not a safe identifier."""
 
 
@@ -101,9 +117,11 @@ class ChecksumMismatchError(MigrationError):
         super().__init__(
             "\n".join(lines),
             remedy=(
-                "never modify an applied migration: restore the file to its applied content and put the "
-                "change in a new migration file. In development only, forget the history with "
-                f"DELETE FROM {history_table} WHERE module_name = '{module}' and run again."),
+                "if the edit is upstream's (a library's release) or changes nothing in the schema, have it verified "
+                f"and recorded: {setting('accept_edits', [first[0]])} (or ['*'] for every edited "
+                "file whose proof is clean), or python -m llmemory_db.migrate accept-edit FILE; the proof builds "
+                "the files in a scratch schema and compares it with the live one. Otherwise restore the file to its "
+                "applied content and put the change in a new migration file."),
             file=first[0])
 
 
@@ -157,8 +175,7 @@ class LockRetryError(MigrationError):
             f"longer than lock_timeout for a lock; blocked by {blocker}",
             file=error.file, line=error.line,
             remedy="let the blocking session finish, or end it (SELECT pg_terminate_backend(<pid>)), then run "
-                   "again; or raise lock_retry_timeout (llmemory-db:lockRetryTimeout, --lock-retry-timeout) to "
-                   "keep retrying for longer. Raising lock_timeout instead makes the application queue behind "
+                   f"again; or raise {setting('lock_retry_timeout')} to keep retrying for longer. Raising lock_timeout instead makes the application queue behind "
                    "the waiting migration for that long")
 
 
@@ -232,3 +249,112 @@ class PoolerError(MigrationError):
 def excerpt(statement: str, limit: int = 200) -> str:
     text = " ".join(statement.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- settings, sources, prerequisites
+
+class PackageSourceError(MigrationsDirectoryError):
+    """migrations_package names a package that is not installed, or has no such folder."""
+
+
+class SchemaMissingError(MigrationError):
+    """The target schema does not exist (the component creates it; the command line does not)."""
+
+
+class ExtensionError(MigrationError):
+    """An extension the schema needs is missing and cannot be created by this user."""
+
+
+class StartupRoleError(MigrationError):
+    """The start-up role could not be given the history table or its guard."""
+
+
+class SquawkError(MigrationError):
+    """squawk (the linter behind the risk analysis) is missing or failed."""
+
+
+class HistoryError(MigrationError):
+    """Reading or writing the migration history failed (outside a migration's own statements)."""
+
+
+class ResolveError(MigrationError):
+    """``resolve`` cannot settle the named file."""
+
+
+class CopyHistoryError(MigrationError):
+    """``copy-history`` cannot copy: no source, unknown rows, or rows whose checksums do not match the files."""
+
+
+class HistoryCollisionError(MigrationError):
+    """Two components (or fleets) of one program would share one module's history."""
+
+
+class UnterminatedFileError(MigrationFileError):
+    """A file left its transaction open (an unterminated statement, quote or comment)."""
+
+
+# --------------------------------------------------------------------------- adoption, drift, proofs, risk
+
+class UnknownSchemaError(MigrationError):
+    """The target already holds objects the migrations would create, and the module has no history there."""
+
+
+class BaselineMismatchError(MigrationError):
+    """The live schema is not what the files up to the baseline version produce."""
+
+
+class ProofError(MigrationError):
+    """The files could not be built in a scratch schema to compare with the live one."""
+
+
+class EditedFileError(ChecksumMismatchError):
+    """An applied file changed, and its edit was not accepted (no acceptance, or the proof found differences)."""
+
+    def __init__(self, mismatches: Sequence[tuple], module: str, history_table: str, findings: str = "",
+                 remedy: str = "") -> None:
+        super().__init__(mismatches, module, history_table)
+        if findings:
+            self.message += "\n  " + findings
+        self.remedy = remedy or self.remedy
+        Exception.__init__(self, self.__str__())
+
+
+class SchemaDriftError(MigrationError):
+    """Objects the migrations manage were changed outside the migrations; nothing was applied."""
+
+    def __init__(self, settings, differences: Sequence[str]) -> None:
+        self.differences = list(differences)
+        super().__init__(
+            f"Schema drift in {settings.schema_name} (module {settings.module_name}): objects the migrations manage "
+            "were changed outside Pulumi; nothing was applied:\n  " + "\n  ".join(self.differences),
+            remedy=DRIFT_REMEDY)
+
+
+DRIFT_REMEDY = (
+    "undo the manual change, or write a migration that makes it (and apply it with pulumi up), or accept the "
+    f"current schema as it is: set {setting('accept_schema_drift', True)} for one `pulumi up`, which records the "
+    "new fingerprint, then unset it")
+
+
+class RiskError(MigrationError):
+    """Risky statements refused before anything ran: the deny policy on tables that hold data, or statements that
+    existing rows will make fail."""
+
+    def __init__(self, findings: Sequence, settings) -> None:
+        self.findings = list(findings)
+        body = "\n".join(f"  {f}" for f in self.findings)
+        data = [f for f in self.findings if getattr(f, "violations", None)]
+        if data and len(data) == len(self.findings):
+            head = (f"{len(data)} statement(s) will fail on rows the tables hold today; nothing was applied:\n"
+                    f"{body}")
+            remedy = ("the data must change, not the statement: run the query shown to list the rows, remove or "
+                      "fix them (or merge the duplicates), then run again")
+        else:
+            head = (f"{len(self.findings)} risky statement(s) on tables of {settings.risk_min_rows:,} rows or more, "
+                    f"refused by risk_policy 'deny'" + (" (and rows that will make statements fail)" if data else "")
+                    + f"; nothing was applied:\n{body}")
+            remedy = ("rewrite them the safe way (docs/live-changes.md), or, once reviewed, allow the rule in that "
+                      "file: -- llmemory-db:allow <rule>: <reason>" + ("; for rows that make a statement fail, the "
+                                                                       "data must change: the query shown lists them"
+                                                                       if data else ""))
+        super().__init__(head, file=self.findings[0].file, line=self.findings[0].line, remedy=remedy)

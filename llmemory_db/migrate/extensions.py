@@ -6,7 +6,7 @@ from typing import Sequence
 import psycopg
 
 from .diagnosis import EXTENSION_REMEDY
-from .errors import MigrationError
+from .errors import ExtensionError
 
 
 def check_extensions(conn: psycopg.Connection, names: Sequence[str]) -> None:
@@ -24,12 +24,12 @@ def check_extensions(conn: psycopg.Connection, names: Sequence[str]) -> None:
         if installed:
             continue
         if not available:
-            raise MigrationError(
+            raise ExtensionError(
                 f'extension "{name}" is not installed in database {database} and the server does not ship it',
-                remedy=f"install it on the server (for pgvector: the postgresql-<version>-pgvector package), or "
+                remedy="install it on the server (for pgvector: the postgresql-<version>-pgvector package), or "
                        "use a server that has it (the embedded PostgreSQL does)")
         if not (superuser or (trusted and can_create)):
-            raise MigrationError(
+            raise ExtensionError(
                 f'permission denied to create extension "{name}": user {user} is not a superuser and the '
                 f"extension is not installed in database {database}; nothing was created",
                 remedy=EXTENSION_REMEDY.replace("vector", name))

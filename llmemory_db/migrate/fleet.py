@@ -21,8 +21,6 @@ No Pulumi import here: the ``MigratedTenants`` component calls :func:`apply_flee
 """
 from __future__ import annotations
 
-import hashlib
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -34,16 +32,20 @@ import psycopg
 from psycopg import sql
 
 from . import drift, executor
-from .errors import ChecksumMismatchError, MigrationError
+from .connection import pooler
+from .errors import ChecksumMismatchError, MigrationError, PoolerError, SettingError, UnknownSchemaError
+from .events import Event, Sink, ignore
 from .files import Migration, load
 from .history import BUSY_MARK, HistoryStore, marked, rollback
-from .objects import managed_objects
-from .render import check_identifier, render
+from .identifiers import check_identifier
+from .lint import lint_pending
+from .render import render
+from .fleet_state import SCHEMA_TOKEN, TenantState, read_fleet
 from .settings import Settings
+from .spelling import setting
 
 DEFAULT_HISTORY = "{schema}.schema_migrations"
 ON_ERROR = ("stop", "continue")
-SCHEMA_TOKEN = "{schema}"
 
 
 @dataclass(frozen=True)
@@ -71,22 +73,45 @@ class FleetSettings:
     runtime_roles: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime_roles", tuple(self.runtime_roles or ()))
         if self.on_error not in ON_ERROR:
-            raise MigrationError(f"Invalid on_error {self.on_error!r}: use stop or continue",
-                                 remedy="stop finishes the running tenants and starts no new one; continue goes on")
+            raise SettingError(f"Invalid value {self.on_error!r} for {setting('on_error')}: use stop or continue",
+                               setting="on_error",
+                               remedy="stop finishes the running tenants and starts no new one; continue goes on")
         for name, least in (("max_parallel", 1), ("canary", 0), ("wave_size", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise MigrationError(f"Invalid {name} {value!r}: a whole number >= {least} is required",
-                                     remedy=f"for example {name}={max(least, 1)}")
+                raise SettingError(f"Invalid value {value!r} for {setting(name)}: a whole number >= {least} is "
+                                   "required", setting=name, remedy=f"for example {setting(name, max(least, 1))}")
         if SCHEMA_TOKEN not in self.history_template and SCHEMA_TOKEN not in self.base.module_name:
-            raise MigrationError(
+            raise SettingError(
                 f"The history {self.history_template!r} is shared by every tenant, and so is module "
-                f"{self.base.module_name!r}: their histories would collide",
+                f"{self.base.module_name!r}: their histories would collide", setting="history_table",
                 remedy="keep each tenant's history in its schema ({schema}.schema_migrations, pgdbm's layout), or "
                        "put {schema} in the module name")
         for role in self.runtime_roles:
             check_identifier(role, "runtime role")
+
+    # the fleet's own fields, as resource properties (the module's settings are Settings')
+    FIELDS = ("history_template", "max_parallel", "canary", "wave_size", "on_error", "runtime_roles")
+
+    def to_props(self) -> Dict[str, object]:
+        props = self.base.to_props()
+        props.update({name: list(getattr(self, name)) if name == "runtime_roles" else getattr(self, name)
+                      for name in self.FIELDS})
+        return props
+
+    @classmethod
+    def from_props(cls, props: Dict[str, object], base: Optional[Settings] = None) -> "FleetSettings":
+        """The inverse of :meth:`to_props` (``base``: the module's settings, when the caller resolved them)."""
+        values: Dict[str, object] = {}
+        for name in cls.FIELDS:
+            value = props.get(name)
+            if value is None:
+                continue
+            values[name] = tuple(value) if name == "runtime_roles" else \
+                int(value) if name in ("max_parallel", "canary", "wave_size") else value
+        return cls(base if base is not None else Settings.from_props(props), **values)
 
     def for_tenant(self, tenant: Tenant) -> Settings:
         return self.base.replace(schema=tenant.schema, lock_scope="schema",
@@ -104,8 +129,8 @@ def check_tenants(tenants: Iterable[Tenant]) -> List[Tenant]:
         out.append(tenant)
     duplicates = sorted(key for key, count in seen.items() if count > 1)
     if duplicates:
-        raise MigrationError(f"Tenants listed more than once: {', '.join(duplicates)}",
-                             remedy="list each tenant (schema, on its connection) once")
+        raise SettingError(f"Tenants listed more than once: {', '.join(duplicates)}", setting="tenants",
+                           remedy="list each tenant (schema, on its connection) once")
     return out
 
 
@@ -152,51 +177,6 @@ class FleetResult:
         return f"{total} tenants: " + ", ".join(parts)
 
 
-# --------------------------------------------------------------------------- reading the fleet
-
-_HISTORIES = """
-WITH t AS (SELECT * FROM unnest(%(schemas)s::text[], %(histories)s::text[], %(modules)s::text[])
-                                AS t(schema, history, module))
-SELECT t.schema, to_regclass(t.history) IS NOT NULL,
-       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(t.history) AND a.attname = 'version'
-               AND NOT a.attisdropped),
-       EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = t.schema),
-       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = t.schema AND c.relname = ANY(%(objects)s))
-FROM t
-"""
-
-
-@dataclass
-class TenantState:
-    history_exists: bool
-    has_version: bool
-    schema_exists: bool
-    holds_objects: bool                 # the module's objects are in the schema already
-    recorded: Dict[str, str] = field(default_factory=dict)
-
-
-def read_fleet(conn: psycopg.Connection, fleet: FleetSettings, tenants: Sequence[Tenant],
-               objects: Sequence[str]) -> Dict[str, TenantState]:
-    """Every tenant's history, and what is there already, in two queries for the whole database."""
-    if not tenants:
-        return {}
-    settings = [fleet.for_tenant(t) for t in tenants]
-    rows = conn.execute(_HISTORIES, {"schemas": [t.schema for t in tenants],
-                                     "histories": [s.history_ident.as_string(conn) for s in settings],
-                                     "modules": [s.module_name for s in settings],
-                                     "objects": list(objects)}).fetchall()
-    states = {schema: TenantState(bool(h), bool(v), bool(e), bool(o)) for schema, h, v, e, o in rows}
-    existing = [(t, s) for t, s in zip(tenants, settings) if states[t.schema].history_exists]
-    if existing:
-        union = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {}, filename, checksum FROM {} WHERE module_name = {} OR module_name IS NULL").format(
-                sql.Literal(t.schema), s.history_ident, sql.Literal(s.module_name)) for t, s in existing)
-        for schema, filename, checksum in conn.execute(union).fetchall():
-            states[schema].recorded[filename] = checksum
-    return states
-
-
 # --------------------------------------------------------------------------- applying
 
 def _setup_sql(settings: Settings, roles: Sequence[str]) -> sql.Composed:
@@ -233,14 +213,14 @@ def _error_of(exc: Exception) -> Dict[str, object]:
 
 
 def apply_tenant(conn: psycopg.Connection, fleet: FleetSettings, tenant: Tenant, files: Sequence[Migration],
-                 state: TenantState, on_event: Callable[[str], None]) -> TenantResult:
+                 state: TenantState, on_event: Sink) -> TenantResult:
     """One tenant: set-up if new, then each pending file with the single-schema engine's transaction."""
     settings = fleet.for_tenant(tenant)
     result = TenantResult(tenant.schema, tenant.database, new=not state.history_exists)
     store = HistoryStore(conn, settings)
     if not state.history_exists:
         if state.holds_objects:
-            raise MigrationError(f"Tenant {tenant.key}: schema {tenant.schema} already holds objects of module "
+            raise UnknownSchemaError(f"Tenant {tenant.key}: schema {tenant.schema} already holds objects of module "
                                  f"{settings.module_name!r} but has no history of it",
                                  remedy="baseline that schema (python -m llmemory_db.migrate baseline VERSION "
                                         f"--schema {tenant.schema} ...), or leave it out of the fleet")
@@ -263,7 +243,7 @@ def apply_tenant(conn: psycopg.Connection, fleet: FleetSettings, tenant: Tenant,
     for migration in files:
         if migration.filename in recorded:
             continue
-        done = executor._apply_retrying(store, migration, render(migration.sql, tenant.schema, migration.filename),
+        done = executor.apply_file(store, migration, render(migration.sql, tenant.schema, migration.filename),
                                         result.applied, with_version, on_event)
         recorded[migration.filename] = migration.checksum
         if done:
@@ -274,7 +254,7 @@ def apply_tenant(conn: psycopg.Connection, fleet: FleetSettings, tenant: Tenant,
 
 
 def apply_fleet(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Callable[[str], psycopg.Connection],
-                on_event: Callable[[str], None] = lambda _: None) -> FleetResult:
+                on_event: Sink = ignore) -> FleetResult:
     """Apply the module to every tenant (see the module's docstring); ``connect(database key)`` opens a connection.
 
     Raises for what concerns the whole fleet before anything runs (bad files, an applied file edited); a failure
@@ -284,7 +264,7 @@ def apply_fleet(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Callab
     files = load(fleet.base.migrations_dir)
     checksums = {m.filename: m.checksum for m in files}
     probe = tenants[0].schema if tenants else "tenant"
-    executor.lint_pending(files, fleet.base.replace(schema=probe))  # once: a tenant's name changes no syntax
+    lint_pending(files, fleet.base.replace(schema=probe))  # once: a tenant's name changes no syntax
     objects = sorted(drift.created_by((render(m.sql, probe, m.filename) for m in files), probe))
     by_database: "OrderedDict[str, List[Tenant]]" = OrderedDict()
     for tenant in tenants:
@@ -295,9 +275,9 @@ def apply_fleet(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Callab
             for schema, state in read_fleet(conn, fleet, group, objects).items():
                 states[f"{database}/{schema}" if database else schema] = state
             if any(m.no_transaction for m in files):
-                why = executor.pooler(conn, fleet.base)
+                why = pooler(conn, fleet.base)
                 if why:
-                    raise MigrationError(f"No-transaction migrations cannot run through a transaction-pooling "
+                    raise PoolerError(f"No-transaction migrations cannot run through a transaction-pooling "
                                          f"endpoint ({why}); nothing was applied",
                                          remedy="apply over a direct connection, or declare pool mode 'session'")
     mismatched = sorted({(name, checksum, checksums[name]) for key, state in states.items()
@@ -346,7 +326,7 @@ def apply_fleet(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Callab
         except (MigrationError, psycopg.Error) as exc:
             result = results[tenant.key]
             result.error = _error_of(exc)
-            on_event(f"tenant {tenant.key}: failed: {result.error['message']}")
+            on_event(Event("tenant", f"tenant {tenant.key}: failed: {result.error['message']}", "warning"))
             if fleet.on_error == "stop":
                 stop.set()
             if isinstance(exc, psycopg.Error) and getattr(local, "conn", None) is not None:
@@ -367,68 +347,12 @@ def apply_fleet(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Callab
                     continue
                 list(pool.map(run, wave))
                 if number == 0 and canary:
-                    on_event(f"canary {', '.join(t.key for t in canary)}: "
-                             + ("failed: nothing else runs" if any(results[t.key].error for t in canary)
-                                else "applied"))
+                    failed = any(results[t.key].error for t in canary)
+                    on_event(Event("canary", f"canary {', '.join(t.key for t in canary)}: "
+                                   + ("failed: nothing else runs" if failed else "applied"),
+                                   "warning" if failed else "info"))
     finally:
         for conn in opened:
             if not conn.closed:
                 conn.close()
     return FleetResult(results, checksums, time.monotonic() - started, skipped)
-
-
-# --------------------------------------------------------------------------- drift of a fleet
-
-_TOKEN = "\x00schema\x00"
-
-
-MAX_DISTINCT = 32  # objects maps kept, one per distinct fingerprint: a fleet's tenants are alike
-
-
-@dataclass
-class FleetPrints:
-    """Every tenant's fingerprint (its schema name factored out), and the objects behind each distinct one."""
-
-    prints: Dict[str, str] = field(default_factory=dict)            # schema -> fingerprint
-    maps: Dict[str, Dict[str, str]] = field(default_factory=dict)   # fingerprint -> its objects (MAX_DISTINCT)
-
-
-def inspect_fleet(conn: psycopg.Connection, fleet: FleetSettings, tenants: Sequence[Tenant],
-                  managed) -> FleetPrints:
-    """Each tenant's fingerprint in one catalog query, streamed schema by schema: memory holds one tenant's
-    objects and one map per distinct fingerprint, whatever the number of tenants."""
-    found = FleetPrints()
-    extensions: Dict[str, str] = {}
-    current: Optional[str] = None
-    objects: Dict[str, str] = {}
-    pattern: Optional["re.Pattern[str]"] = None
-
-    def finish(schema: Optional[str], objects: Dict[str, str]) -> None:
-        if schema is None:
-            return
-        print_ = fingerprint(objects)
-        found.prints[schema] = print_
-        if print_ not in found.maps and len(found.maps) < MAX_DISTINCT:
-            found.maps[print_] = dict(sorted(objects.items()))
-
-    history = fleet.for_tenant(tenants[0]) if tenants else None
-    exclude = [history.history_parts[1], history.inflight_parts[1]] if history else []
-    for schema, kind, name, definition in drift.inspect_stream(conn, [t.schema for t in tenants], managed,
-                                                               fleet.base.extensions, exclude):
-        if schema is None:  # an extension (database-wide): part of every tenant's fingerprint
-            extensions[f"{kind} {name}"] = drift._digest(definition or "")
-            continue
-        if schema != current:
-            finish(current, objects)
-            current, objects = schema, dict(extensions)
-            pattern = re.compile(r'(?<![\w$])"?' + re.escape(schema) + r'"?(?=\.)')
-        objects[f"{kind} {SCHEMA_TOKEN}.{name}"] = drift._digest(pattern.sub(_TOKEN, definition or ""))
-    finish(current, objects)
-    for tenant in tenants:  # a schema without any object yet
-        if tenant.schema not in found.prints:
-            finish(tenant.schema, dict(extensions))
-    return found
-
-
-def fingerprint(objects: Dict[str, str]) -> str:
-    return hashlib.sha256("\n".join(f"{k}={v}" for k, v in sorted(objects.items())).encode()).hexdigest()[:16]

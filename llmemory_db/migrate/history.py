@@ -6,16 +6,16 @@ transaction-pooling pooler.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import psycopg
 from psycopg import sql
 
-from .errors import Inflight, InterruptedMigrationError, LockTimeoutError, MigrationError
-from .files import Migration, load
+from .errors import LockTimeoutError
+from .files import Migration
+from .identifiers import check_identifier
 from .plan import plan
-from .render import check_identifier
-from .settings import Settings
+from .settings import Settings, duration
 
 # Markers raised by the head of a migration, as failed casts (cheaper than a PL/pgSQL block; never folded at
 # plan time because the text is not a constant): "already recorded" and "the migration lock is busy".
@@ -35,10 +35,6 @@ def rollback(conn: psycopg.Connection) -> None:
 def marked(exc: psycopg.Error, mark: str) -> bool:
     """Is ``exc`` the failed cast of one of our markers? (SQLSTATE 22P02 and the marker, which is data.)"""
     return exc.diag.sqlstate == "22P02" and mark in (exc.diag.message_primary or "")
-
-
-def ms(seconds: float) -> str:
-    return f"{int(seconds * 1000)}ms"
 
 
 class HistoryStore:
@@ -190,7 +186,7 @@ class HistoryStore:
         try:
             conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; {}; "
                                  "SET LOCAL statement_timeout = DEFAULT").format(
-                sql.Literal(ms(self.settings.lock_wait_timeout)), self.lock_sql()))
+                sql.Literal(duration(self.settings.lock_wait_timeout)), self.lock_sql()))
         except psycopg.errors.LockNotAvailable:
             rollback(conn)
             raise self.lock_timeout_error() from None
@@ -202,7 +198,7 @@ class HistoryStore:
         """Take the module's lock for the session (no-transaction files), waiting at most lock_wait_timeout."""
         conn = self.conn
         conn.execute(sql.SQL("SET lock_timeout = {}; SET statement_timeout = 0").format(
-            sql.Literal(ms(self.settings.lock_wait_timeout))))
+            sql.Literal(duration(self.settings.lock_wait_timeout))))
         try:
             if self.per_schema:
                 conn.execute(sql.SQL("SELECT pg_advisory_lock_shared({}), pg_advisory_lock({})").format(
@@ -250,119 +246,6 @@ class HistoryStore:
             remedy="wait for that migration run to finish and run again, raise the lock wait timeout, "
                    "or end the stuck session with SELECT pg_terminate_backend(<pid>)")
 
-    # ------------------------------------------------------------------ in-flight no-transaction files
-    def read_inflight(self) -> List[Inflight]:
-        """No-transaction migrations of this module that started and did not finish; ``alive`` when the backend
-        that started them is still connected (pid reuse is told apart by the backend's start time)."""
-        rows = self.conn.execute(sql.SQL(
-            "SELECT i.filename, i.checksum, to_char(i.started_at, 'YYYY-MM-DD HH24:MI:SS TZ'), i.pid, i.done, "
-            "       i.total, i.next_line, coalesce(i.error, ''), EXISTS (SELECT 1 FROM pg_stat_activity a "
-            "       WHERE a.pid = i.pid AND (a.backend_start IS NULL OR a.backend_start <= i.started_at)) "
-            "FROM {} i WHERE i.module_name = %s ORDER BY i.filename").format(self.settings.inflight_ident),
-            (self.settings.module_name,)).fetchall()
-        return [Inflight(*row) for row in rows]
-
-    def raise_for_inflight(self) -> None:
-        if self.tables_exist()[1]:
-            inflight = self.read_inflight()
-            if inflight:
-                raise InterruptedMigrationError(inflight, self.settings.module_name)
-
-    def create_inflight_table(self) -> None:
-        try:
-            self.conn.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} ("
-                " module_name VARCHAR(100) NOT NULL,"
-                " filename VARCHAR(255) NOT NULL,"
-                " checksum VARCHAR(64) NOT NULL,"
-                " started_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
-                " pid INTEGER NOT NULL DEFAULT pg_backend_pid(),"
-                " done INTEGER NOT NULL DEFAULT 0,"
-                " total INTEGER NOT NULL,"
-                " next_line INTEGER NOT NULL,"
-                " error TEXT,"
-                " PRIMARY KEY (module_name, filename))").format(self.settings.inflight_ident))
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-            pass  # another module sharing this history table created it meanwhile
-
-    def _inflight_where(self, filename: str) -> sql.Composed:
-        return sql.SQL("module_name = {} AND filename = {}").format(sql.Literal(self.settings.module_name),
-                                                                   sql.Literal(filename))
-
-    def start_inflight(self, migration: Migration, total: int, first_line: int) -> None:
-        self.conn.execute(sql.SQL("INSERT INTO {} (module_name, filename, checksum, total, next_line) "
-                                  "VALUES (%s, %s, %s, %s, %s)").format(self.settings.inflight_ident),
-                          (self.settings.module_name, migration.filename, migration.checksum, total, first_line))
-
-    def progress_inflight(self, migration: Migration, done: int, next_line: int) -> None:
-        self.conn.execute(sql.SQL("UPDATE {} SET done = %s, next_line = %s WHERE {}").format(
-            self.settings.inflight_ident, self._inflight_where(migration.filename)), (done, next_line))
-
-    def fail_inflight(self, migration: Migration, error: Optional[str]) -> None:
-        """Record why the file stopped; ``None``: nothing of it ran, leave no trace."""
-        if error is None:
-            self.conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
-                self.settings.inflight_ident, self._inflight_where(migration.filename)))
-        else:
-            self.conn.execute(sql.SQL("UPDATE {} SET error = %s WHERE {}").format(
-                self.settings.inflight_ident, self._inflight_where(migration.filename)), (error,))
-
-    def finish_inflight(self, migration: Migration, with_version: bool, elapsed_ms: int) -> None:
-        """Record the file as applied and drop its in-flight record, in one transaction."""
-        self.conn.execute(sql.SQL("BEGIN; {}; DELETE FROM {} WHERE {}; COMMIT").format(
-            self.insert_sql(migration, with_version, elapsed_ms), self.settings.inflight_ident,
-            self._inflight_where(migration.filename)))
-
-    # ------------------------------------------------------------------ privileges
-    def default_privilege_leaks(self) -> List[Tuple[str, str, str, List[str]]]:
-        """What the schema's default privileges gave other roles on the engine's own tables: (TABLE or SEQUENCE,
-        qualified name, grantee, privileges). Default privileges meant for the migrations' tables (runtime roles'
-        CRUD) also cover the history table, its id sequence and the in-flight table when the engine creates them
-        in that schema: a runtime role could then rewrite the history. SELECT on the history table is left alone
-        (runtime roles are granted it explicitly)."""
-        s = self.settings
-        rows = self.conn.execute(_LEAKS, {"history": s.history_ident.as_string(self.conn),
-                                          "inflight": s.inflight_ident.as_string(self.conn)}).fetchall()
-        return [(kind, name, grantee, list(privileges)) for kind, name, grantee, privileges in rows]
-
-    def strip_default_privileges(self) -> List[str]:
-        """Revoke :meth:`default_privilege_leaks`; returns what was revoked, in words."""
-        done = []
-        for kind, name, grantee, privileges in self.default_privilege_leaks():
-            schema, table = name.split(".", 1)
-            self.conn.execute(sql.SQL("REVOKE {} ON {} {} FROM {}").format(
-                sql.SQL(", ").join(sql.SQL(p) for p in privileges if p.replace(" ", "").isalpha()),
-                sql.SQL(kind), sql.Identifier(schema, table),
-                sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)))
-            done.append(f"revoked {', '.join(privileges)} on {kind.lower()} {name} from {grantee} (given by default privileges)")
-        return done
-
-    # ------------------------------------------------------------------ operator commands
-    def resolve(self, filename: str, action: str) -> str:
-        """Settle an interrupted no-transaction migration: ``retry`` (the next run re-runs the whole file) or
-        ``mark-applied`` (finished by hand: record it with the checksum of the file on disk)."""
-        s, conn = self.settings, self.conn
-        if action not in ("retry", "mark-applied"):
-            raise MigrationError(f"Unknown action {action!r}", remedy="use retry or mark-applied")
-        with self.locked():
-            inflight = {i.filename: i for i in self.read_inflight()} if self.tables_exist()[1] else {}
-            if filename not in inflight:
-                raise MigrationError(f"{filename} is not recorded as interrupted for module {s.module_name!r}",
-                                     remedy="run status to list interrupted migrations", file=filename)
-            conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(s.inflight_ident, self._inflight_where(filename)))
-            if action == "retry":
-                return f"{filename}: the next run re-runs it from its first statement"
-            migration = next((m for m in load(s.migrations_dir) if m.filename == filename), None)
-            if migration is None:
-                raise MigrationError(f"{filename} is not in {s.migrations_dir}", file=filename,
-                                     remedy="run from the directory the migration came from (--dir)")
-            if migration.checksum != inflight[filename].checksum:
-                raise MigrationError(f"{filename} changed since it was interrupted (checksum "
-                                     f"{inflight[filename].checksum} then, {migration.checksum} now)", file=filename,
-                                     remedy="restore the file as it ran, or use --retry to run the new content")
-            conn.execute(self.insert_sql(migration, self.has_version_column()))
-            return f"{filename}: recorded as applied"
-
     def forget(self, drop_tables: Sequence[str] = ()) -> int:
         """Delete this module's history rows (the spec's development reset); returns how many.
 
@@ -396,28 +279,3 @@ class _Locked:
             self.store.conn.execute("COMMIT")
         else:
             rollback(self.store.conn)
-
-
-# The engine's relations (history table, its sequences, the in-flight table) and the privileges on them that match
-# a default privilege of their schema and owner: granted by ALTER DEFAULT PRIVILEGES, not on purpose.
-_LEAKS = """
-WITH engine AS (
-  SELECT c.oid, c.relkind, c.relowner, c.relnamespace, c.relacl, n.nspname || '.' || c.relname AS name
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.oid = to_regclass(%(history)s) OR c.oid = to_regclass(%(inflight)s)
-     OR c.oid IN (SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.refobjid IN (to_regclass(%(history)s), to_regclass(%(inflight)s)) AND d.deptype IN ('a', 'i'))
-), granted AS (
-  SELECT e.*, a.grantee, a.privilege_type FROM engine e, aclexplode(e.relacl) a WHERE a.grantee <> e.relowner
-)
-SELECT CASE g.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, g.name,
-       CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END,
-       array_agg(g.privilege_type ORDER BY g.privilege_type)
-FROM granted g
-WHERE NOT (g.oid = to_regclass(%(history)s) AND g.privilege_type = 'SELECT')
-  AND EXISTS (SELECT 1 FROM pg_default_acl d, aclexplode(d.defaclacl) a
-              WHERE d.defaclrole = g.relowner AND d.defaclnamespace IN (0, g.relnamespace)
-                AND d.defaclobjtype = CASE g.relkind WHEN 'S' THEN 'S' ELSE 'r' END
-                AND a.grantee = g.grantee AND a.privilege_type = g.privilege_type)
-GROUP BY 1, 2, 3 ORDER BY 2, 3
-"""

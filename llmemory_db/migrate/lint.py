@@ -1,86 +1,13 @@
-"""Validation of rendered SQL before anything touches the database (PostgreSQL's own parser, via pglast)."""
+"""The lint rules: what a pending file may not do (syntax errors, transaction control, writes to the history,
+unqualified CREATEs after a search_path change), found in its parse tree (:mod:`.parser`)."""
 from __future__ import annotations
 
-import bisect
-import functools
 import json
-import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
-
-from pglast import parser as pg_parser
-
-from .errors import LintIssue, excerpt
-
-
-@dataclass(frozen=True)
-class Statement:
-    text: str
-    line: int  # 1-based line of the statement's first character within the file
-
-
-class _Positions:
-    """(line, column) of character offsets, in O(log n) each (a 10 MB file has 100,000 statements)."""
-
-    def __init__(self, text: str) -> None:
-        self.starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def __call__(self, index: int) -> Tuple[int, int]:
-        line = bisect.bisect_right(self.starts, index)
-        return line, index - self.starts[line - 1] + 1
-
-
-def _position(text: str, index: int) -> Tuple[int, int]:
-    return _Positions(text)(index)
-
-
-def split(sql: str) -> List[Statement]:
-    """Split SQL into statements with their line numbers (raises pglast's ParseError on bad syntax)."""
-    position = _Positions(sql)
-    return [Statement(sql[piece], position(piece.start)[0])
-            for piece in pg_parser.split(sql, with_parser=True, only_slices=True)]
-
-
-def parse(sql: str) -> List[Tuple[str, dict, int, int]]:
-    """(node type, node, start, length) of each statement; offsets in characters (pglast's JSON tree is ~10x
-    cheaper than its Python AST). Raises pglast's ParseError on bad syntax. The same text is parsed once: lint,
-    the managed objects, the drift scope and the risk analysis all read it (the trees are not to be changed).
-    Files over 1 MB are parsed each time, so that memory stays bounded."""
-    return list(_parse_cached(sql) if len(sql) <= CACHED_TEXT else _parse(sql))
-
-
-CACHED_TEXT = 1 << 20
-
-
-@functools.lru_cache(maxsize=64)
-def _parse_cached(sql: str) -> Tuple[Tuple[str, dict, int, int], ...]:
-    return _parse(sql)
-
-
-def _parse(sql: str) -> Tuple[Tuple[str, dict, int, int], ...]:
-    tree = json.loads(pg_parser.parse_sql_json(sql))
-    encoded = sql.encode("utf-8")
-    ascii_only = len(encoded) == len(sql)
-    done = [0, 0]  # (byte, character) offsets converted so far: statements come in order, decode only the gap
-
-    def chars(byte_offset: int) -> int:
-        if ascii_only:
-            return byte_offset
-        if byte_offset < done[0]:
-            return len(encoded[:byte_offset].decode("utf-8", errors="ignore"))
-        done[1] += len(encoded[done[0]:byte_offset].decode("utf-8", errors="ignore"))
-        done[0] = byte_offset
-        return done[1]
-
-    out = []
-    for raw in tree.get("stmts", []):
-        (kind, node), = raw["stmt"].items()
-        start = raw.get("stmt_location", 0)
-        length = raw.get("stmt_len", 0) or (len(encoded) - start)
-        begin = chars(start)
-        out.append((kind, node, begin, chars(start + length) - begin))
-    return tuple(out)
+from .errors import LintError, LintIssue, excerpt
+from .parser import ParseError, Positions, changed_relations, parse, position
+from .render import render_files
 
 
 def _qualified(rangevar: Optional[dict]) -> bool:
@@ -107,21 +34,6 @@ def _unqualified_create(kind: str, stmt: dict) -> Optional[str]:
 _WRITES = {"DropStmt", "TruncateStmt", "AlterTableStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "RenameStmt"}
 
 
-def changed_relations(kind: str, stmt: dict) -> List[Tuple[Optional[str], str]]:
-    """(schema, name) of the relations a statement changes: its ``relation``, TRUNCATE's relations, the objects
-    DROP names (DROP INDEX: the index)."""
-    if kind == "DropStmt":
-        names = []
-        for obj in stmt.get("objects") or ():
-            parts = [item.get("String", {}).get("sval") for item in obj.get("List", {}).get("items", [])]
-            if parts and all(parts):
-                names.append((parts[-2] if len(parts) > 1 else None, parts[-1]))
-        return names
-    relations = [node.get("RangeVar", node) for node in stmt.get("relations") or ()] if kind == "TruncateStmt" \
-        else [stmt.get("relation") or {}]
-    return [(r.get("schemaname"), r["relname"]) for r in relations if r.get("relname")]
-
-
 def _touches_history(kind: str, stmt: dict, history: Tuple[str, str]) -> bool:
     if kind not in _WRITES:
         return False
@@ -142,7 +54,7 @@ def syntax(filename: str, sql: str) -> List[LintIssue]:
     """The syntax error of ``sql``, if any (as a one-item list)."""
     try:
         parse(sql)
-    except pg_parser.ParseError as exc:
+    except ParseError as exc:
         return [_syntax_issue(filename, sql, exc)]
     return []
 
@@ -150,7 +62,7 @@ def syntax(filename: str, sql: str) -> List[LintIssue]:
 def _syntax_issue(filename: str, sql: str, exc: Exception) -> LintIssue:
     message = exc.args[0] if exc.args else str(exc)
     index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
-    line, column = _position(sql, min(index, len(sql)))
+    line, column = position(sql, min(index, len(sql)))
     source_line = sql.splitlines()[line - 1] if sql.splitlines() else ""
     return LintIssue(filename, line, column, f"syntax error: {message}", source_line.strip())
 
@@ -165,16 +77,16 @@ def lint(filename: str, sql: str, *, schema: Optional[str] = None,
     """
     try:
         statements = parse(sql)
-    except pg_parser.ParseError as exc:
+    except ParseError as exc:
         return [_syntax_issue(filename, sql, exc)]
     issues = []
-    position = _Positions(sql)
+    positions = Positions(sql)
     path_changed: Optional[Tuple[int, str]] = None  # (line, first schema) of a search_path change
     for kind, stmt, start, length in statements:
         text = sql[start:start + length]
         # a statement's location points right after the previous one: skip leading blanks/comments
         offset = start + (len(text) - len(text.lstrip()))
-        line, column = position(offset)
+        line, column = positions(offset)
         changed = _search_path_change(kind, stmt)
         if changed is not None:
             first = changed[0] if changed else ""
@@ -201,3 +113,26 @@ def lint(filename: str, sql: str, *, schema: Optional[str] = None,
                     f"would be created in {path_changed[1]}, not in the target schema {schema}; write "
                     "{{tables.name}} (or {{schema}}.name)", excerpt(text), severity="warning"))
     return issues
+
+
+def render_parsed(migrations: Sequence, settings) -> Dict[str, str]:
+    """Render every file and check that it parses (syntax errors are errors whether a file is applied or not);
+    the other lint rules are for pending files (:func:`lint_pending`)."""
+    rendered = render_files(migrations, settings.schema)
+    errors = [issue for m in migrations for issue in syntax(m.filename, rendered[m.filename])]
+    if errors:
+        raise LintError(errors)
+    return rendered
+
+
+def lint_pending(migrations: Sequence, settings) -> Tuple[Dict[str, str], List[LintIssue]]:
+    """Render and lint ``migrations`` (the pending ones: applied files are checked by checksum only); raise
+    LintError on errors (and on warnings with strict). Returns (rendered SQL by filename, warnings)."""
+    rendered = render_files(migrations, settings.schema)
+    issues: List[LintIssue] = []
+    for m in migrations:
+        issues.extend(lint(m.filename, rendered[m.filename], schema=settings.schema, history=settings.history_parts))
+    errors = [i for i in issues if i.severity == "error" or settings.strict]
+    if errors:
+        raise LintError(errors)
+    return rendered, issues

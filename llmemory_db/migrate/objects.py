@@ -6,7 +6,7 @@ Used to grant runtime roles exactly the tables and sequences a module manages
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Iterable, List, Optional
 
 from .lint import parse
 

@@ -7,25 +7,15 @@ names the file and line.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
-from .errors import InvalidIdentifierError, TemplateError
+from .errors import TemplateError
+from .identifiers import IDENTIFIER, check_identifier
 
-IDENTIFIER = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
 _EXPLICIT = re.compile(r"{{tables\.([a-zA-Z0-9_]+)\.([a-zA-Z0-9_]+)}}")
 _IMPLICIT = re.compile(r"{{tables\.([a-zA-Z0-9_]+)}}")
 # What is left after rendering and looks like a placeholder: {{ followed by a word.
 _LEFTOVER = re.compile(r"{{\s*[A-Za-z_\"'][^{}\n]*}}|{{\s*(?:tables|schema)\b[^\n]*")
-
-
-def check_identifier(value: str, what: str) -> str:
-    """Return ``value`` if it is a plain PostgreSQL identifier (pgdbm's rule), else raise."""
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
-        raise InvalidIdentifierError(
-            f"Invalid {what} {value!r}: it must start with a letter or underscore and contain only "
-            "letters, digits and underscores, at most 63 characters",
-            remedy=f"choose a {what} such as llmemory or app_data")
-    return value
 
 
 def _line_of(text: str, index: int) -> int:
@@ -67,3 +57,8 @@ def render(text: str, schema: Optional[str], filename: str = "<sql>") -> str:
                    "digits and underscores",
             file=filename, line=line)
     return out
+
+
+def render_files(migrations: Sequence, schema: Optional[str]) -> Dict[str, str]:
+    """filename -> the file's SQL rendered for ``schema`` (files: :class:`~.files.Migration`)."""
+    return {m.filename: render(m.sql, schema, m.filename) for m in migrations}

@@ -27,8 +27,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import psycopg
 
-from . import lint as lint_mod
-from .errors import MigrationError
+from . import parser
+from .errors import MigrationFileError, RiskError, SquawkError
 from .files import Migration
 from .settings import Settings
 
@@ -96,20 +96,6 @@ class RiskReport:
             raise RiskError(self.errors, settings)
 
 
-class RiskError(MigrationError):
-    """The deny policy refused risky statements on tables that hold data; nothing was applied."""
-
-    def __init__(self, findings: Sequence[Finding], settings: Settings) -> None:
-        self.findings = list(findings)
-        body = "\n".join(f"  {f}" for f in self.findings)
-        super().__init__(
-            f"{len(self.findings)} risky statement(s) on tables of {settings.risk_min_rows:,} rows or more, "
-            f"refused by risk_policy 'deny'; nothing was applied:\n{body}",
-            file=self.findings[0].file, line=self.findings[0].line,
-            remedy="rewrite them the safe way (see the README's \"Changing a live database\"), or, once reviewed, "
-                   "allow the rule in that file: -- llmemory-db:allow <rule>: <reason>")
-
-
 # --------------------------------------------------------------------------- squawk
 
 def squawk_binary() -> str:
@@ -117,9 +103,9 @@ def squawk_binary() -> str:
     beside = Path(sys.executable).parent / "squawk"
     found = str(beside) if beside.exists() else shutil.which("squawk")
     if not found:
-        raise MigrationError("squawk, the linter the risk analysis runs, is not installed",
-                             remedy=f"pip install squawk-cli=={SQUAWK_VERSION} (it is in requirements.txt; "
-                                    "make venv installs it)")
+        raise SquawkError("squawk, the linter the risk analysis runs, is not installed",
+                          remedy=f"pip install squawk-cli=={SQUAWK_VERSION} into the environment that runs the "
+                                 "program (the llmemory-db package depends on it: reinstall llmemory-db)")
     return found
 
 
@@ -128,8 +114,8 @@ def _run_squawk(args: List[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
     except OSError as exc:
-        raise MigrationError(f"squawk ({binary}) failed to start: {exc}",
-                             remedy=f"reinstall it: pip install --force-reinstall squawk-cli=={SQUAWK_VERSION}") from None
+        raise SquawkError(f"squawk ({binary}) failed to start: {exc}",
+                          remedy=f"reinstall it: pip install --force-reinstall squawk-cli=={SQUAWK_VERSION}") from None
 
 
 def validate_rules(rules: Iterable[Tuple[str, str, int]]) -> None:
@@ -145,7 +131,7 @@ def validate_rules(rules: Iterable[Tuple[str, str, int]]) -> None:
             bad = result.stderr.split("invalid rule name", 1)[1].split()[0].strip("'\"")
             for rule, filename, line in rules:
                 if rule == bad:
-                    raise MigrationError(
+                    raise MigrationFileError(
                         f"{filename}:{line}: unknown squawk rule {rule!r} in an llmemory-db:allow comment",
                         file=filename, line=line,
                         remedy="use a rule name from squawk's findings (squawkhq.com/docs/rules), e.g. "
@@ -182,9 +168,9 @@ def squawk(rendered: Dict[str, str], no_transaction: Set[str], pg_version: str =
             try:
                 items = json.loads(result.stdout or "[]")
             except ValueError:
-                raise MigrationError(f"squawk failed (exit {result.returncode}): {result.stderr.strip()[:500]}",
-                                     remedy=f"check the squawk installation: pip install squawk-cli=={SQUAWK_VERSION}"
-                                     ) from None
+                raise SquawkError(f"squawk failed (exit {result.returncode}): {result.stderr.strip()[:500]}",
+                                  remedy=f"check the squawk installation: pip install squawk-cli=={SQUAWK_VERSION}"
+                                  ) from None
             for item in items:
                 item["file"] = Path(item["file"]).name
                 item["line"] = int(item.get("line") or 0) + 1  # squawk counts from 0
@@ -200,7 +186,7 @@ _CHANGES_RELATION = {"IndexStmt", "AlterTableStmt", "RenameStmt", "CreateTrigStm
 
 def _relations(kind: str, stmt: dict) -> List[Tuple[Optional[str], str]]:
     """(schema, name) of the relations a statement squawk may flag changes; DROP INDEX names the index."""
-    return lint_mod.changed_relations(kind, stmt) if kind in _CHANGES_RELATION else []
+    return parser.changed_relations(kind, stmt) if kind in _CHANGES_RELATION else []
 
 
 def _statement_at(statements: List[Tuple[int, str, dict]], line: int) -> Tuple[str, dict]:
@@ -213,9 +199,9 @@ def _statement_at(statements: List[Tuple[int, str, dict]], line: int) -> Tuple[s
 
 def _parsed(text: str) -> List[Tuple[int, str, dict]]:
     """(first line, node type, node) of each statement."""
-    positions = lint_mod._Positions(text)
+    positions = parser.Positions(text)
     out = []
-    for kind, stmt, start, length in lint_mod.parse(text):
+    for kind, stmt, start, length in parser.parse(text):
         piece = text[start:start + length]
         out.append((positions(start + len(piece) - len(piece.lstrip()))[0], kind, stmt))
     return out

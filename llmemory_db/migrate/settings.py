@@ -18,18 +18,24 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from psycopg import sql
 
-from .errors import MigrationError
-from .render import check_identifier
+from .errors import InvalidIdentifierError, MigrationError, SettingError
+from .identifiers import check_identifier
 from .source import find_package, pgdbm_history_table
+from .spelling import STYLES, setting
 
 DEFAULT_MODULE = "aword_memory"
 DEFAULT_HISTORY_TABLE = "public.schema_migrations"
 DEFAULT_MIGRATIONS_DIR = "migrations"
 POOL_MODES = ("auto", "session", "transaction")
+
+
+def duration(seconds: float) -> str:
+    """A number of seconds as a PostgreSQL duration (``SET lock_timeout = '2000ms'``)."""
+    return f"{int(seconds * 1000)}ms"
 
 
 def _meta(help: str, cli: Optional[str] = None, config: Optional[str] = None, **extra: Any) -> Dict[str, Any]:
@@ -101,6 +107,14 @@ class Settings:
         "exclusive key of (module, schema), so a fleet migrates its schemas in parallel while pgdbm on any of "
         "them still waits for all of them and is waited for", None, None, choices=("module", "schema"),
         internal=True))
+    accept_edits: Tuple[str, ...] = field(default=(), metadata=_meta(
+        "applied files whose edit is accepted once proven harmless: the files are built in a scratch schema and "
+        "compared with the live schema; no difference, or comments only, records the new checksum (with an audit "
+        "row); '*' = every edited file whose proof is clean. Default with migrations_package: '*' (a library's "
+        "release edits its own files; you cannot restore them)", None, "acceptEdits"))
+    spelling: str = field(default="python", metadata=_meta(
+        "how messages name settings: python (arguments), yaml (properties), cli (options), config (stack config "
+        "keys of a program that reads them)", None, None, choices=STYLES, internal=True))
     drop_on_destroy: bool = field(default=False, metadata=_meta(
         "pulumi destroy drops the schema (standalone: the module's tables) and forgets the history",
         None, "dropOnDestroy"))
@@ -110,38 +124,46 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extensions", tuple(self.extensions or ()))
+        if isinstance(self.accept_edits, str):
+            object.__setattr__(self, "accept_edits", (self.accept_edits,))
+        object.__setattr__(self, "accept_edits", tuple(self.accept_edits or ()))
         for name in ("schema", "migrations_package", "startup_role", "baseline"):  # "" (config's unset) = none
             if getattr(self, name) == "":
                 object.__setattr__(self, name, None)
         self._resolve_defaults()
+        self.validate()
+
+    def validate(self) -> None:
+        """Every value checked once, here; errors name the setting (:func:`.spelling.setting`)."""
         if self.schema is not None:
-            check_identifier(self.schema, "schema name")
+            _identifier("schema", self.schema, "a schema name")
         if not isinstance(self.module_name, str) or not re.match(r"^[A-Za-z0-9_.\-]{1,100}$", self.module_name):
-            raise MigrationError(
-                f"Invalid module name {self.module_name!r}: use 1 to 100 letters, digits, '_', '-' or '.'",
-                remedy="choose a module name such as aword_memory")
+            raise SettingError(
+                f"Invalid value {self.module_name!r} for {setting('module_name')}: use 1 to 100 letters, digits, "
+                "'_', '-' or '.'", setting="module_name", remedy="choose a module name such as aword_memory")
         self.history_parts  # validates
-        if self.lock_scope not in ("module", "schema"):
-            raise MigrationError(f"Invalid lock scope {self.lock_scope!r}: use module or schema",
-                                 remedy="module is pgdbm's; schema is for fleets of schemas")
-        if self.pool_mode not in POOL_MODES:
-            raise MigrationError(f"Invalid pool mode {self.pool_mode!r}: use one of {', '.join(POOL_MODES)}",
-                                 remedy="auto detects a pooler; session or transaction declare the endpoint's mode")
-        if self.risk_policy not in ("warn", "deny"):
-            raise MigrationError(f"Invalid risk_policy {self.risk_policy!r}: use warn or deny",
-                                 remedy="warn prints the risky statements; deny refuses them on large tables")
+        choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(self) if f.metadata.get("choices")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingError(f"Invalid value {getattr(self, name)!r} for {setting(name)}: use one of "
+                                   f"{', '.join(allowed)}", setting=name, remedy=_meta_help(name))
         if isinstance(self.risk_min_rows, bool) or not isinstance(self.risk_min_rows, int) or self.risk_min_rows < 0:
-            raise MigrationError(f"Invalid risk_min_rows {self.risk_min_rows!r}: a whole number of rows >= 0 is "
-                                 "required", remedy="for example 100000")
+            raise SettingError(f"Invalid value {self.risk_min_rows!r} for {setting('risk_min_rows')}: a whole number "
+                               "of rows >= 0 is required", setting="risk_min_rows", remedy="for example 100000")
         for name in ("lock_wait_timeout", "lock_timeout", "statement_timeout", "lock_retry_timeout"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise MigrationError(f"Invalid {name} {value!r}: a number of seconds >= 0 is required",
-                                     remedy=f"set {name} to a number of seconds, e.g. 30")
+                raise SettingError(f"Invalid value {value!r} for {setting(name)}: a number of seconds >= 0 is "
+                                   "required", setting=name, remedy=f"set {setting(name, 30)}, for example")
         for extension in self.extensions:
-            check_identifier(extension, "extension name")
+            _identifier("extensions", extension, "an extension name")
         if self.startup_role is not None:
-            check_identifier(self.startup_role, "start-up role")
+            _identifier("startup_role", self.startup_role, "a role name")
+        for name in self.accept_edits:
+            if not isinstance(name, str) or not name or "/" in name:
+                raise SettingError(f"Invalid value {name!r} in {setting('accept_edits')}: a migration file name "
+                                   "(001_x.sql) or '*'", setting="accept_edits",
+                                   remedy=f"for example {setting('accept_edits', ['001_complete_schema.sql'])}")
 
     def _resolve_defaults(self) -> None:
         """Defaults that depend on other settings: a package's folder, module and pgdbm history layout."""
@@ -152,13 +174,15 @@ class Settings:
         if self.migrations_package:
             source = find_package(self.migrations_package)
             if self.migrations_dir not in (None, "") and Path(self.migrations_dir).resolve() != source.folder:
-                raise MigrationError(
-                    f"Both migrations_dir ({self.migrations_dir}) and migrations_package "
-                    f"({self.migrations_package}) are set", remedy="set one of them: the package's folder is used "
-                                                                   "when migrations_package is set")
+                raise SettingError(
+                    f"Both {setting('migrations_dir')} ({self.migrations_dir}) and {setting('migrations_package')} "
+                    f"({self.migrations_package}) are set", setting="migrations_dir",
+                    remedy="set one of them: the package's folder is used when migrations_package is set")
             object.__setattr__(self, "migrations_dir", str(source.folder))
             default("module_name", source.package)
             default("history_table", pgdbm_history_table(self.schema))
+            if not self.accept_edits:  # a library's release edits its own applied files: verified edits pass
+                object.__setattr__(self, "accept_edits", ("*",))
         default("migrations_dir", DEFAULT_MIGRATIONS_DIR)
         default("module_name", DEFAULT_MODULE)
         default("history_table", DEFAULT_HISTORY_TABLE)
@@ -175,17 +199,14 @@ class Settings:
 
     @property
     def history_parts(self) -> Tuple[str, str]:
-        if not isinstance(self.history_table, str):
-            raise MigrationError(f"Invalid history table {self.history_table!r}: use table or schema.table",
-                                 remedy="for example public.schema_migrations")
-        parts = self.history_table.split(".")
+        parts = self.history_table.split(".") if isinstance(self.history_table, str) else []
         if len(parts) == 1:
             parts = ["public"] + parts
         if len(parts) != 2:
-            raise MigrationError(f"Invalid history table {self.history_table!r}: use table or schema.table",
-                                 remedy="for example public.schema_migrations")
-        return (check_identifier(parts[0], "history table schema"),
-                check_identifier(parts[1], "history table name"))
+            raise SettingError(f"Invalid value {self.history_table!r} for {setting('history_table')}: use table or "
+                               "schema.table", setting="history_table", remedy="for example public.schema_migrations")
+        return (_identifier("history_table", parts[0], "the history table's schema", self.history_table),
+                _identifier("history_table", parts[1], "the history table's name", self.history_table))
 
     @property
     def history_ident(self) -> sql.Composable:
@@ -204,6 +225,16 @@ class Settings:
     @property
     def inflight_ident(self) -> sql.Composable:
         return sql.Identifier(*self.inflight_parts)
+
+    @property
+    def edits_parts(self) -> Tuple[str, str]:
+        """The audit trail of accepted edits of applied files (old and new checksum, when, why; pgdbm ignores it)."""
+        schema, table = self.history_parts
+        return schema, table[:57] + "_edits"
+
+    @property
+    def edits_ident(self) -> sql.Composable:
+        return sql.Identifier(*self.edits_parts)
 
     @property
     def schema_name(self) -> str:
@@ -260,7 +291,7 @@ class Settings:
                 value = float(value)
             elif f.name == "risk_min_rows":
                 value = int(value)
-            elif f.name == "extensions":
+            elif f.name in ("extensions", "accept_edits"):
                 value = tuple(value)
             values[f.name] = value
         return cls(**values)
@@ -294,6 +325,33 @@ class Settings:
         return cls(**given)
 
     @classmethod
+    def problems(cls, values: Mapping[str, Any]) -> List["MigrationError"]:
+        """Every invalid value among ``values`` (settings, and a component's ``runtime_roles``), each an error
+        naming its setting: what a component checks, once, before it builds anything. Values left out or None
+        are not checked; combinations are checked when the settings are built."""
+        found: List[MigrationError] = []
+        for name in cls.names():
+            if values.get(name) is None:
+                continue
+            try:
+                cls(**{name: values[name]})
+            except MigrationError as exc:  # a package not installed, a folder missing: that setting's too
+                exc.setting = getattr(exc, "setting", "") or name
+                found.append(exc)
+        for index, role in enumerate(values.get("runtime_roles") or ()):
+            try:
+                _identifier("runtime_roles", role, "a role name")
+            except SettingError as exc:
+                exc.setting = f"runtime_roles[{index}]"
+                found.append(exc)
+        return found
+
+    @classmethod
+    def cli_flags(cls) -> Dict[str, str]:
+        """Setting name -> command-line option."""
+        return {f.name: f.metadata["cli"] for f in dataclasses.fields(cls) if f.metadata.get("cli")}
+
+    @classmethod
     def config_keys(cls) -> Dict[str, str]:
         """Setting name -> stack config key (``llmemory-db:<key>``)."""
         return {f.name: f.metadata["config"] for f in dataclasses.fields(cls) if f.metadata.get("config")}
@@ -313,10 +371,27 @@ class Settings:
         return cls(**values)
 
 
+def _identifier(name: str, value: Any, what: str, whole: Any = None) -> str:
+    """``value`` if it is a valid identifier, else an error naming the setting ``name`` (and its ``whole`` value,
+    of which ``value`` is a part)."""
+    try:
+        return check_identifier(value, what)
+    except InvalidIdentifierError:
+        raise InvalidIdentifierError(
+            f"Invalid value {value if whole is None else whole!r} for {setting(name)}: {what} starts with a letter "
+            "or underscore and holds only "
+            "letters, digits and underscores, at most 63 characters", setting=name,
+            remedy="choose a name such as llmemory or app_data") from None
+
+
+def _meta_help(name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(Settings) if f.name == name)
+
+
 def _parse_config(f: "dataclasses.Field", key: str, raw: str) -> Any:
-    def wrong(kind: str) -> MigrationError:
-        return MigrationError(f"Invalid stack config llmemory-db:{key} = {raw!r}: {kind} expected",
-                              remedy=f"pulumi config set llmemory-db:{key} <{kind}> (see the README's table)")
+    def wrong(kind: str) -> SettingError:
+        return SettingError(f"Invalid stack config llmemory-db:{key} = {raw!r}: {kind} expected", setting=f.name,
+                            remedy=f"pulumi config set llmemory-db:{key} <{kind}> (see docs/configuration.md)")
 
     if f.type in (bool, "bool"):
         if raw.lower() not in ("true", "false"):
@@ -332,7 +407,7 @@ def _parse_config(f: "dataclasses.Field", key: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise wrong("a whole number of rows") from None
-    if f.name == "extensions":
+    if f.name in ("extensions", "accept_edits"):
         try:
             value = json.loads(raw)
         except ValueError:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import MigrationError
+from .errors import PackageSourceError
+from .spelling import setting
 
 PACKAGE_SPEC = re.compile(r"^(?P<package>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<folder>[A-Za-z0-9_./-]+))?$")
 DEFAULT_FOLDER = "migrations"
@@ -31,19 +32,19 @@ def find_package(spec: str) -> PackageSource:
     """``package`` or ``package:sub/folder`` (default ``migrations``) -> the folder inside the installed package."""
     match = PACKAGE_SPEC.match(spec or "")
     if not match:
-        raise MigrationError(f"Invalid migrations package {spec!r}: use a top-level package name, optionally "
+        raise PackageSourceError(f"Invalid value {spec!r} for {setting('migrations_package')}: use a top-level package name, optionally "
                              "followed by :folder (for example llmemory or mylib:db/migrations)",
-                             remedy="set migrations_package (llmemory-db:migrationsPackage) to the package's name")
+                             remedy="set migrations_package to the package's name")
     package, folder = match.group("package"), match.group("folder") or DEFAULT_FOLDER
     found = importlib.util.find_spec(package)  # a top-level name: locates, does not import
     install = f"pip install --no-deps {package}==<version> into the environment of the stack's program"
     if found is None or not found.submodule_search_locations:
-        raise MigrationError(f"The Python package {package!r} is not installed in this environment, so its "
+        raise PackageSourceError(f"The Python package {package!r} is not installed in this environment, so its "
                              "migrations cannot be read", remedy=install + " (its dependencies are not needed)")
     root = Path(next(iter(found.submodule_search_locations)))
     path = (root / folder).resolve()
     if not path.is_relative_to(root.resolve()) or not path.is_dir():
-        raise MigrationError(f"The package {package!r} ({root}) has no folder {folder!r} of migrations",
+        raise PackageSourceError(f"The package {package!r} ({root}) has no folder {folder!r} of migrations",
                              remedy=f"name the folder that holds its *.sql files: {package}:<folder>")
     distributions = importlib.metadata.packages_distributions().get(package) or [package]
     distribution = distributions[0]

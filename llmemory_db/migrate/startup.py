@@ -22,7 +22,7 @@ from typing import List
 import psycopg
 from psycopg import sql
 
-from .errors import MigrationError
+from .errors import StartupRoleError
 from .settings import Settings
 
 GUARD_PREFIX = "llmemory_db_guard"  # functions named llmemory_db_* are the engine's (not in the drift fingerprint)
@@ -118,7 +118,7 @@ def ensure_startup_role(conn: psycopg.Connection, settings: Settings) -> List[st
     except psycopg.errors.InsufficientPrivilege as exc:
         conn.execute("ROLLBACK")
         script = ";\n".join(s.as_string(conn) for s in guard_sql(settings)) + ";"
-        raise MigrationError(
+        raise StartupRoleError(
             f"Cannot set up the start-up role {role}: {exc.diag.message_primary} (the history table must belong to "
             f"{role}, and the guard needs event triggers, which only a superuser or a managed service's admin "
             "role may create); nothing of it was changed",

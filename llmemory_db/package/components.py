@@ -13,11 +13,10 @@ import pulumi_postgresql as postgresql
 from pulumi.dynamic import Resource as DynamicResource
 from pulumi.errors import InputPropertiesError
 
-from .. import migrate
 from .. import migrations as native_migrations
 from .. import schema as native_schema
-from ..migrate.render import check_identifier
 from ..migrate.settings import Settings
+from ..migrate.spelling import camel
 from . import PACKAGE, VERSION
 
 if sys.version_info >= (3, 11):
@@ -109,6 +108,7 @@ class MigratedSchemaArgs(TypedDict, total=False):
     pool_mode: str
     baseline: str
     baseline_trust: bool
+    accept_edits: List[str]
     drop_on_destroy: bool
     accept_schema_drift: bool
     adopt: bool
@@ -168,20 +168,8 @@ def native_args(args: Dict[str, Any]) -> Tuple[native_schema.MigratedSchemaArgs,
     """The Python-native arguments for the package's (snake_case) ones: (MigratedSchemaArgs, whether a connection
     was given, its superuser flag). Every value is checked here, so that a bad one fails naming its property
     (InputPropertiesError) rather than in the middle of the component."""
-    values: Dict[str, Any] = dict(args)
-    errors: List[Dict[str, str]] = []
-    settings_names = set(Settings.names())
-    for key in sorted(values):
-        if key in settings_names and values[key] is not None:
-            try:  # the engine's own validation of that one setting
-                Settings(**{key: values[key]})
-            except migrate.MigrationError as exc:
-                errors.append({"property_path": _camel(key), "reason": str(exc)})
-    for i, role in enumerate(values.get("runtime_roles") or []):
-        try:
-            check_identifier(role, "runtime role")
-        except migrate.MigrationError as exc:
-            errors.append({"property_path": f"runtimeRoles[{i}]", "reason": str(exc)})
+    values: Dict[str, Any] = dict(args, spelling="yaml")  # messages name camelCase properties
+    errors = [{"property_path": camel(exc.setting), "reason": exc.render("yaml")} for exc in Settings.problems(values)]
     if errors:
         raise InputPropertiesError("invalid arguments of llmemory-db:MigratedSchema", errors)
 
@@ -195,11 +183,6 @@ def native_args(args: Dict[str, Any]) -> Tuple[native_schema.MigratedSchemaArgs,
         if key in values:
             values[key] = tuple(values[key])
     return native_schema.MigratedSchemaArgs(**values), "connection" in values, superuser
-
-
-def _camel(name: str) -> str:
-    first, *rest = name.split("_")
-    return first + "".join(word[:1].upper() + word[1:] for word in rest)
 
 
 COMPONENTS = [MigratedSchema]

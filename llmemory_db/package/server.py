@@ -26,12 +26,14 @@ from pulumi.provider.experimental.analyzer import PropertyDefinition, PropertyTy
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.server import ComponentInitError, ProviderServicer
 from pulumi.runtime import proto, rpc
-from pulumi.runtime._grpc_settings import _GRPC_CHANNEL_OPTIONS
 from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2_grpc
 
 from ..migrate.errors import MigrationError
+from ..migrate.events import Event
 from ..migrate.settings import Settings
-from ..provider import ExtensionCheckProvider, MigrationsProvider, watch_engine
+from ..props import events_to
+from ..provider import ExtensionCheckProvider, MigrationsProvider
+from ..provider_host import watch_engine
 from . import PACKAGE, VERSION
 from .components import COMPONENTS, ExtensionCheck, Migrations
 
@@ -41,6 +43,10 @@ RESOURCE_PROVIDERS = {
 }
 # properties that are secret in every output of the custom resources, whatever their input was
 ALWAYS_SECRET = {"password"}
+# gRPC's own option names: messages up to 400 MiB (a fleet's state), as Pulumi's own servers allow
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 400 * 1024 * 1024)]
+SEVERITIES = {"debug": engine_pb2.DEBUG, "info": engine_pb2.INFO, "warning": engine_pb2.WARNING,
+              "error": engine_pb2.ERROR}
 
 
 # --- the schema -----------------------------------------------------------------------------------------------------
@@ -203,14 +209,21 @@ class _ThreadStdout(io.TextIOBase):
     def flush(self) -> None:
         self.real.flush()
 
-    def run_collecting(self, fn: Callable, *args: Any) -> Tuple[Any, Optional[BaseException], str]:
+    def run_collecting(self, fn: Callable, *args: Any) -> Tuple[Any, Optional[BaseException], List[Event]]:
+        """``fn(*args)``, with the provider's events and anything printed collected (printed lines as info)."""
         self.local.lines = []
+        events: List[Event] = []
         try:
-            return fn(*args), None, "".join(self.local.lines)
+            with events_to(events.append):
+                return fn(*args), None, self._with_printed(events)
         except Exception as exc:  # noqa: BLE001 - reported by the caller
-            return None, exc, "".join(self.local.lines)
+            return None, exc, self._with_printed(events)
         finally:
             self.local.lines = None
+
+    def _with_printed(self, events: List[Event]) -> List[Event]:
+        printed = "".join(self.local.lines).splitlines()
+        return events + [Event("output", line) for line in printed if line.strip()]
 
 
 _STDOUT = _ThreadStdout(sys.stdout)
@@ -237,7 +250,9 @@ class PackageServicer(ProviderServicer):
         if isinstance(error, InputPropertiesError):
             message = "invalid " + ", ".join(e["property_path"] for e in error.errors)
             await context.abort_with_status(self.create_grpc_invalid_properties_status(message, error.errors))
-        if isinstance(error, (RunError, MigrationError)):
+        if isinstance(error, MigrationError):
+            await context.abort(grpc.StatusCode.UNKNOWN, error.render("yaml"))
+        if isinstance(error, RunError):
             await context.abort(grpc.StatusCode.UNKNOWN, str(error))
         # anything else is a bug of this package: its stack, as Pulumi's own servicer reports it
         stack = "".join(traceback.format_list(traceback.extract_tb(error.__traceback__)))
@@ -247,13 +262,12 @@ class PackageServicer(ProviderServicer):
     def _provider(self, urn: str):
         return RESOURCE_PROVIDERS[_type_of(urn)]
 
-    async def _log(self, urn: str, text: str) -> None:
+    async def _log(self, urn: str, events: List[Event]) -> None:
         if self._engine is None:
             self._engine = engine_pb2_grpc.EngineStub(grpc.aio.insecure_channel(self.engine_address))
-        for line in text.splitlines():
-            if line.strip():
-                severity = engine_pb2.WARNING if line.startswith("warning:") else engine_pb2.INFO
-                await self._engine.Log(engine_pb2.LogRequest(severity=severity, message=line, urn=urn))
+        for event in events:
+            await self._engine.Log(engine_pb2.LogRequest(severity=SEVERITIES.get(event.severity, engine_pb2.INFO),
+                                                         message=event.text, urn=urn))
 
     async def _call(self, context, urn: str, fn: Callable, *args: Any) -> Any:
         result, error, printed = await asyncio.to_thread(_STDOUT.run_collecting, fn, *args)
@@ -324,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     watch_engine(engine=engine)
 
     async def run() -> None:
-        server = grpc.aio.server(options=_GRPC_CHANNEL_OPTIONS)
+        server = grpc.aio.server(options=GRPC_OPTIONS)
         provider_pb2_grpc.add_ResourceProviderServicer_to_server(PackageServicer(provider, argv, engine), server)
         port = server.add_insecure_port(address="127.0.0.1:0")
         await server.start()
