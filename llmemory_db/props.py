@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Sequence
 
 from .migrate.connection import ConnectionSettings
 from .migrate.events import Event
-from .migrate.fleet import FleetSettings, Tenant
+from .migrate.fleet_settings import FleetSettings, Tenant
 from .migrate.objects import ManagedObjects
 from .migrate.settings import Settings
 

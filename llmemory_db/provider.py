@@ -23,13 +23,12 @@ from .migrate.connection import ConnectionSettings
 from .migrate.errors import ConnectionFailedError, MigrationError
 from .migrate.events import Event
 from .migrate.extensions import check_extensions
-from .migrate.fleet import Tenant
+from .migrate.fleet_settings import Tenant
 from .props import (CONNECTION, DEFAULTS, FLEET_TRACKED, HISTORY, PLACE, TRACKED, fleet_of, inputs_of, local,
                     managed_of, resource_id, same, settings_of)
 from .provider_host import ProviderError, clean_errors, watch_engine
 
 clean_errors()  # imported by the dynamic-provider host when it loads a pickled provider: before any method runs
-
 
 
 class _Adapter(ResourceProvider):
@@ -51,6 +50,14 @@ class _Adapter(ResourceProvider):
         """The engine's message, with the settings named as the caller names them."""
         return ProviderError(error.render(props.get("spelling") or "python"))
 
+    @contextlib.contextmanager
+    def engine(self, props: Dict[str, Any]):
+        """Run engine code: its typed errors become ProviderErrors (shown without a traceback)."""
+        try:
+            yield
+        except MigrationError as exc:
+            raise self.fail(exc, props) from None
+
     @staticmethod
     def live(props: Dict[str, Any]):
         """A connection for what only the live database can tell at preview, or None when its settings are not
@@ -67,11 +74,8 @@ class ExtensionCheckProvider(_Adapter):
     """Before pulumi-postgresql creates an extension: is it there, or can this user create it? Else the remedy."""
 
     def _check(self, props: Dict[str, Any]) -> Dict[str, Any]:
-        try:
-            with ConnectionSettings.from_props(props).connect() as conn:
-                check_extensions(conn, [props["extension"]])
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
+        with self.engine(props), ConnectionSettings.from_props(props).connect() as conn:
+            check_extensions(conn, [props["extension"]])
         return props
 
     def create(self, props: Dict[str, Any]) -> CreateResult:
@@ -131,13 +135,10 @@ class MigrationsProvider(_Adapter):
         watch_engine()
         where = f"migrations {resource_id(props)}"
         recorded = olds.get("objects") if olds is not None and same(olds, props, PLACE) else None
-        try:
-            with ConnectionSettings.from_props(props).connect() as conn:
-                result = ops.apply(conn, settings_of(props), managed=managed_of(props), recorded_objects=recorded,
-                                   covered=(olds or {}).get("applied") or [], known=recorded is not None,
-                                   on_event=self.sink(where))
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
+        with self.engine(props), ConnectionSettings.from_props(props).connect() as conn:
+            result = ops.apply(conn, settings_of(props), managed=managed_of(props), recorded_objects=recorded,
+                               covered=(olds or {}).get("applied") or [], known=recorded is not None,
+                               on_event=self.sink(where))
         expected = props.get("checksums") or {}
         if expected and expected != result.checksums:
             changed = sorted({n for n, _ in set(expected.items()) ^ set(result.checksums.items())})
@@ -155,11 +156,8 @@ class MigrationsProvider(_Adapter):
 
     def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
         """Live history and schema: rows deleted or changed outside Pulumi, and drift, show in the next diff."""
-        try:
-            with ConnectionSettings.from_props(props).connect() as conn:
-                now = ops.refresh(conn, settings_of(props), managed_of(props), props.get("objects"))
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
+        with self.engine(props), ConnectionSettings.from_props(props).connect() as conn:
+            now = ops.refresh(conn, settings_of(props), managed_of(props), props.get("objects"))
         on_disk = set(props.get("checksums") or {})
         outs = dict(props, checksums={n: now.recorded[n] for n in sorted(now.recorded) if n in on_disk},
                     applied=sorted(n for n in now.recorded if n in on_disk), pending=now.pending,
@@ -173,10 +171,8 @@ class MigrationsProvider(_Adapter):
 
     def delete(self, _id: str, props: Dict[str, Any]) -> None:
         connection = ConnectionSettings.from_props(props)
-        try:
+        with self.engine(props):
             event = ops.destroy(settings_of(props), managed_of(props), connection.connect)
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
         self.say("migrations", event)
 
 
@@ -187,22 +183,23 @@ class FleetProvider(_Adapter):
 
     def check(self, olds: Dict[str, Any], news: Dict[str, Any]) -> CheckResult:
         try:
-            fleet, tenants, _ = fleet_of(news)
+            fleet, tenants, connect = fleet_of(news)
             history = same(olds, news, ("module_name", "history_template"))
-            fleet_ops.preflight(fleet, tenants, (olds.get("checksums") or {}) if history else {},
-                                self.sink(f"tenants {news.get('module_name')}"))
+            old = olds.get("checksums") or {}
+            edited = history and any(old.get(n, s) != s for n, s in (news.get("checksums") or {}).items())
+            failures = fleet_ops.preflight(fleet, tenants, (olds.get("checksums") or {}) if history else {},
+                                           self.sink(f"tenants {news.get('module_name')}"),
+                                           connect if edited else None)
         except MigrationError as exc:
             return CheckResult(news, [CheckFailure("tenants", self.fail(exc, news).args[0])])
-        return CheckResult(news, [])
+        return CheckResult(news, [CheckFailure("tenants", self.fail(e, news).args[0]) for e in failures])
 
     def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
         where = f"tenants {news.get('module_name')}"
         keys = [Tenant(t["schema"], t.get("database") or "").key for t in news.get("tenants_list") or []]
         changed = ops.changed_inputs(olds, news, [k for k in FLEET_TRACKED if k != "tenants_list"], DEFAULTS)
-        try:
+        with self.engine(news):
             changed, lines = fleet_ops.diff(olds, news, keys, changed)
-        except MigrationError as exc:
-            raise self.fail(exc, news) from None
         for line in lines:
             self.say(where, Event("plan", line))
         return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
@@ -210,10 +207,8 @@ class FleetProvider(_Adapter):
     def _apply(self, props: Dict[str, Any], olds: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         watch_engine()
         fleet, tenants, connect = fleet_of(props)
-        try:
+        with self.engine(props):
             done = fleet_ops.apply(fleet, tenants, connect, olds, self.sink(f"tenants {fleet.base.module_name}"))
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
         return dict(props, tenants=done.statuses, summary=done.result.summary(), failed=done.failed,
                     applied=sorted(done.result.checksums), objects=done.objects, fingerprint=done.fingerprint,
                     drift={})
@@ -227,16 +222,12 @@ class FleetProvider(_Adapter):
     def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
         """Every tenant's history back, one query per database, and its schema drift."""
         fleet, tenants, connect = fleet_of(props)
-        try:
+        with self.engine(props):
             statuses, drifted = fleet_ops.refresh(fleet, tenants, connect, props)
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
         return ReadResult(id_=id_, outs=dict(props, tenants=statuses, drift=drifted), inputs=inputs_of(props))
 
     def delete(self, _id: str, props: Dict[str, Any]) -> None:
         fleet, tenants, connect = fleet_of(props)
-        try:
+        with self.engine(props):
             event = fleet_ops.destroy(fleet, tenants, connect)
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
         self.say("tenants", event)

@@ -18,7 +18,7 @@ from pulumi.dynamic import Resource
 
 from . import migrate
 from .migrate.errors import HistoryCollisionError
-from .migrate.fleet import DEFAULT_HISTORY, FleetSettings, Tenant, check_tenants
+from .migrate.fleet_settings import DEFAULT_HISTORY, FleetSettings, Tenant, check_tenants
 from .migrate.settings import Settings
 from .migrations import ConnectionArgs, ExtensionCheck, MigrationsArgs, project_relative
 from .program import Program

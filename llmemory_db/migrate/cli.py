@@ -98,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with connect(args.dsn) as conn:
             return RUN[args.command](args, settings, conn)
     except MigrationError as exc:
-        text = exc.render("cli")
+        text = exc.render("cli", Settings.cli_flags())
         if args.json:
             print(json.dumps({"error": text, "type": type(exc).__name__}, indent=2))
         print(f"error: {text}", file=sys.stderr)
@@ -135,7 +135,9 @@ def _risk_text(report: "risk.RiskReport") -> str:
 
 def _plan_or_status(args, settings: Settings, conn) -> int:
     current = status(conn, settings)
-    report = None
+    report, verdict = None, None
+    if current.plan.mismatched:  # edited applied files: proven and listed, not a stop
+        verdict = ops.judge_edits(conn, settings, load(settings.migrations_dir), HistoryStore(conn, settings).read())
     if args.command == "plan":
         rendered, current.warnings = lint_pending(current.plan.pending, settings)
         report = risk.analyze(current.plan.pending, rendered, settings, conn)
@@ -145,11 +147,18 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
     result = current.as_dict()
     if report is not None:
         result.update(findings=[f.as_dict() for f in report.findings], allowed=report.allowed)
-    error = current.plan.mismatch_error() or (
+    if verdict is not None:
+        result["edited"] = [{"file": name, "recorded": old, "current": new, "accepted": verdict.error is None,
+                             "proof": verdict.proof.verdict() if verdict.proof else "not run"}
+                            for name, old, new in current.plan.mismatched]
+    error = (verdict.error if verdict is not None else None) or (
         InterruptedMigrationError(current.interrupted, settings.module_name) if current.interrupted else None)
     text = (f"applied: {len(current.plan.applied)}, pending: {len(current.plan.pending)}"
             + "".join(f"\n  pending {m.filename}" for m in current.plan.pending)
             + "".join(f"\n  recorded but missing on disk: {name}" for name in current.plan.missing)
+            + "".join(f"\n  edited after it was applied: {e['file']} (proof: {e['proof']}; "
+                      + ("accepted: apply records its new checksum)" if e["accepted"] else "not accepted)")
+                      for e in result.get("edited", []))
             + "".join(f"\n  running now: {i.filename} (pid {i.pid})"
                       for i in current.inflight if i not in current.interrupted)
             + _warnings_text(current.warnings) + (_risk_text(report) if report else ""))
@@ -231,7 +240,7 @@ def _accept_edit(args, settings: Settings, conn) -> int:
     if args.trust_edit:
         result = proof.EditProof(edited, proven=False)
     else:
-        result = proof.prove_edits(conn, settings, files, {**recorded, **{}})
+        result = proof.prove_edits(conn, settings, files, recorded)
         result.edited = edited
         if not result.clean:
             raise EditedFileError(edited, settings.module_name, settings.history_display,

@@ -34,11 +34,12 @@ class MigrationError(Exception):
             return f"{self.file}:{self.line}"
         return self.file or ""
 
-    def render(self, style: str = "python") -> str:
+    def render(self, style: str = "python", flags: Optional[dict] = None) -> str:
+        """The whole message, settings named for ``style`` (``flags``: the command line's options, for cli)."""
         text = self.message
         if self.remedy:
             text += f"\nRemedy: {self.remedy}"
-        return spell(text, style)
+        return spell(text, style, flags)
 
     def __str__(self) -> str:
         return self.render()

@@ -26,113 +26,22 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import psycopg
 from psycopg import sql
 
 from . import drift, executor
 from .connection import pooler
-from .errors import ChecksumMismatchError, MigrationError, PoolerError, SettingError, UnknownSchemaError
+from .errors import ChecksumMismatchError, MigrationError, PoolerError, UnknownSchemaError
 from .events import Event, Sink, ignore
 from .files import Migration, load
 from .history import BUSY_MARK, HistoryStore, marked, rollback
-from .identifiers import check_identifier
+from .fleet_settings import FleetSettings, Tenant, check_tenants
+from .fleet_state import TenantState, read_fleet
 from .lint import lint_pending
 from .render import render
-from .fleet_state import SCHEMA_TOKEN, TenantState, read_fleet
 from .settings import Settings
-from .spelling import setting
-
-DEFAULT_HISTORY = "{schema}.schema_migrations"
-ON_ERROR = ("stop", "continue")
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """One target of a fleet: a schema, on the fleet's connection or on the named one (``database``)."""
-
-    schema: str
-    database: str = ""  # key of the fleet's connections; "" = the default connection
-
-    @property
-    def key(self) -> str:
-        return f"{self.database}/{self.schema}" if self.database else self.schema
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    """What a fleet adds to the module's :class:`Settings` (whose schema and history are per tenant)."""
-
-    base: Settings
-    history_template: str = DEFAULT_HISTORY
-    max_parallel: int = 4
-    canary: int = 1
-    wave_size: int = 0            # 0: all the tenants after the canary in one wave
-    on_error: str = "stop"
-    runtime_roles: Tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "runtime_roles", tuple(self.runtime_roles or ()))
-        if self.on_error not in ON_ERROR:
-            raise SettingError(f"Invalid value {self.on_error!r} for {setting('on_error')}: use stop or continue",
-                               setting="on_error",
-                               remedy="stop finishes the running tenants and starts no new one; continue goes on")
-        for name, least in (("max_parallel", 1), ("canary", 0), ("wave_size", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise SettingError(f"Invalid value {value!r} for {setting(name)}: a whole number >= {least} is "
-                                   "required", setting=name, remedy=f"for example {setting(name, max(least, 1))}")
-        if SCHEMA_TOKEN not in self.history_template and SCHEMA_TOKEN not in self.base.module_name:
-            raise SettingError(
-                f"The history {self.history_template!r} is shared by every tenant, and so is module "
-                f"{self.base.module_name!r}: their histories would collide", setting="history_table",
-                remedy="keep each tenant's history in its schema ({schema}.schema_migrations, pgdbm's layout), or "
-                       "put {schema} in the module name")
-        for role in self.runtime_roles:
-            check_identifier(role, "runtime role")
-
-    # the fleet's own fields, as resource properties (the module's settings are Settings')
-    FIELDS = ("history_template", "max_parallel", "canary", "wave_size", "on_error", "runtime_roles")
-
-    def to_props(self) -> Dict[str, object]:
-        props = self.base.to_props()
-        props.update({name: list(getattr(self, name)) if name == "runtime_roles" else getattr(self, name)
-                      for name in self.FIELDS})
-        return props
-
-    @classmethod
-    def from_props(cls, props: Dict[str, object], base: Optional[Settings] = None) -> "FleetSettings":
-        """The inverse of :meth:`to_props` (``base``: the module's settings, when the caller resolved them)."""
-        values: Dict[str, object] = {}
-        for name in cls.FIELDS:
-            value = props.get(name)
-            if value is None:
-                continue
-            values[name] = tuple(value) if name == "runtime_roles" else \
-                int(value) if name in ("max_parallel", "canary", "wave_size") else value
-        return cls(base if base is not None else Settings.from_props(props), **values)
-
-    def for_tenant(self, tenant: Tenant) -> Settings:
-        return self.base.replace(schema=tenant.schema, lock_scope="schema",
-                                 history_table=self.history_template.replace(SCHEMA_TOKEN, tenant.schema),
-                                 module_name=self.base.module_name.replace(SCHEMA_TOKEN, tenant.schema))
-
-
-def check_tenants(tenants: Iterable[Tenant]) -> List[Tenant]:
-    """Valid identifiers, no duplicates; raises naming them."""
-    seen: Dict[str, int] = {}
-    out = []
-    for tenant in tenants:
-        check_identifier(tenant.schema, f"tenant schema ({tenant.schema!r})")
-        seen[tenant.key] = seen.get(tenant.key, 0) + 1
-        out.append(tenant)
-    duplicates = sorted(key for key, count in seen.items() if count > 1)
-    if duplicates:
-        raise SettingError(f"Tenants listed more than once: {', '.join(duplicates)}", setting="tenants",
-                           remedy="list each tenant (schema, on its connection) once")
-    return out
-
 
 @dataclass
 class TenantResult:

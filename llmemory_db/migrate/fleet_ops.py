@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -18,11 +19,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import psycopg
 from psycopg import sql
 
-from . import drift, risk
-from .errors import ChecksumMismatchError, SchemaDriftError
+from . import drift, edits, ops, proof, risk
+from .errors import MigrationError, SchemaDriftError
 from .events import Event, Sink, ignore
 from .files import load
-from .fleet import FleetResult, FleetSettings, Tenant, apply_fleet, check_tenants
+from .fleet import FleetResult, apply_fleet
+from .fleet_settings import FleetSettings, Tenant, check_tenants
 from .fleet_state import inspect_fleet, read_fleet
 from .lint import lint_pending
 from .objects import ManagedObjects
@@ -47,9 +49,10 @@ def key_of(database: str, schema: str) -> str:
 # --------------------------------------------------------------------------- preflight, diff
 
 def preflight(fleet: FleetSettings, tenants: Sequence[Tenant], recorded: Sequence[str],
-              on_event: Sink = ignore) -> None:
+              on_event: Sink = ignore, connect: Optional[Connect] = None) -> List[MigrationError]:
     """Valid tenants; the pending files (not in ``recorded``) linted, and squawk's findings on them, once for the
-    module: a tenant's name changes no syntax, and live table sizes differ per tenant."""
+    module: a tenant's name changes no syntax, and live table sizes differ per tenant. With ``connect``, edited
+    applied files are proven (:func:`judge_edits`). Returns the failures that refuse the deployment."""
     check_tenants(tenants)
     done = set(recorded)
     pending = [m for m in load(fleet.base.migrations_dir) if m.filename not in done]
@@ -60,6 +63,43 @@ def preflight(fleet: FleetSettings, tenants: Sequence[Tenant], recorded: Sequenc
     if pending:
         for line in risk.analyze(pending, rendered, probe).lines():
             on_event(Event("risk", f"risk: {line}"))
+    return judge_edits(fleet, tenants, connect, on_event) if connect is not None else []
+
+
+def judge_edits(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connect, on_event: Sink = ignore,
+                record: bool = False) -> List[MigrationError]:
+    """Edited applied files in a fleet: proven once per distinct tenant schema (tenants whose fingerprints and
+    edits are alike share one proof, on one of them), not per tenant; ``record``: record the accepted edits in
+    every tenant's history (with its audit row). Returns the refusals, each naming its tenants."""
+    files = load(fleet.base.migrations_dir)
+    refusals: List[MigrationError] = []
+    for database, group in by_database(tenants).items():
+        with connect(database) as conn:
+            states = read_fleet(conn, fleet, group, [])
+            edited = [t for t in group if proof.edited_files(files, states[t.schema].recorded)]
+            if not edited:
+                continue
+            prints = inspect_fleet(conn, fleet, edited, ManagedObjects())
+            alike: Dict[tuple, List[Tenant]] = {}
+            for tenant in edited:
+                changes = tuple(proof.edited_files(files, states[tenant.schema].recorded))
+                alike.setdefault((prints.prints.get(tenant.schema), changes), []).append(tenant)
+            for members in alike.values():
+                first = members[0]
+                names = ", ".join(t.key for t in members[:10]) + (", ..." if len(members) > 10 else "")
+                verdict = ops.judge_edits(conn, fleet.for_tenant(first), files, states[first.schema].recorded,
+                                          lambda e: on_event(Event(e.kind, f"{len(members)} tenant(s) ({names}): "
+                                                                           f"{e.text}", e.severity, e.file)))
+                if verdict.error is not None:
+                    verdict.error.message += f"\n  tenants: {names}"
+                    refusals.append(verdict.error)
+                elif record and verdict.proof is not None:
+                    for tenant in members:
+                        own = dataclasses.replace(verdict.proof, edited=proof.edited_files(
+                            files, states[tenant.schema].recorded))
+                        edits.record(conn, fleet.for_tenant(tenant), own)
+                    on_event(Event("edit", f"recorded the verified edit in {len(members)} tenant(s) ({names})"))
+    return refusals
 
 
 def _tenant_files(status: Mapping[str, Any], applied: Sequence[str]) -> List[str]:
@@ -71,12 +111,12 @@ def diff(olds: Mapping[str, Any], news: Mapping[str, Any], keys: Sequence[str],
     """(changed property names, lines) between the previous deployment ``olds`` and the new inputs ``news``;
     ``changed``: the inputs that differ already. An applied file whose checksum changed raises."""
     old_sums, new_sums = olds.get("checksums") or {}, news.get("checksums") or {}
-    edited = [(n, old_sums[n], new_sums[n]) for n in sorted(new_sums) if n in old_sums and old_sums[n] != new_sums[n]]
-    if edited and all(olds.get(k) == news.get(k) for k in ("module_name", "history_template")):
-        raise ChecksumMismatchError(edited[:1], news.get("module_name"), f"{news.get('history_template')} of every "
-                                                                         "tenant")
     changed = list(changed)
     lines: List[str] = []
+    edited = [n for n in sorted(new_sums) if n in old_sums and old_sums[n] != new_sums[n]]
+    if edited and all(olds.get(k) == news.get(k) for k in ("module_name", "history_template")):
+        lines.append(f"edited after they were applied (proven at check, once per distinct tenant schema): "
+                     f"{', '.join(edited)}")
     statuses: Dict[str, Any] = olds.get("tenants") or {}
     applied = olds.get("applied") or []
     current = list(keys)
@@ -127,6 +167,9 @@ def apply(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connect,
           recorded: Optional[Mapping[str, Any]] = None, on_event: Sink = ignore) -> FleetDeployed:
     """Apply the module to every tenant. With ``recorded`` (an update): tenants removed from the list are dropped
     first when drop_on_destroy, and a tenant whose schema drifted refuses the update (unless accept_schema_drift)."""
+    refusals = judge_edits(fleet, tenants, connect, on_event, record=True)
+    if refusals:
+        raise refusals[0]
     if recorded is not None:
         drop_removed(recorded, fleet, tenants, connect, on_event)
         drifted = drift_of(recorded, fleet, [t for t in tenants if t.key in (recorded.get("tenants") or {})], connect)

@@ -5,17 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import psycopg
 from psycopg import sql
 
 from . import drift
-
-if TYPE_CHECKING:
-    from .fleet import FleetSettings, Tenant
-
-SCHEMA_TOKEN = "{schema}"
+from .fleet_settings import SCHEMA_TOKEN, FleetSettings, Tenant
 
 
 # --------------------------------------------------------------------------- reading the fleet

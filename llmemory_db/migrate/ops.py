@@ -68,10 +68,10 @@ def preflight(settings: Settings, *, conn: Optional[psycopg.Connection] = None,
         on_event(Event("lint", str(warning), "warning", warning.file))
     result = Preflight([m.filename for m in pending], warnings)
     if proof.edited_files(files, recorded):
-        try:
-            result.edit = judge_edits(conn, settings, files, recorded, on_event)
-        except MigrationError as exc:
-            result.failures.append(exc)
+        verdict = judge_edits(conn, settings, files, recorded, on_event)
+        result.edit = verdict.proof
+        if verdict.error is not None:
+            result.failures.append(verdict.error)
     if conn is not None and pending and not recorded:
         try:
             adoption.decide(conn, settings, files, known=known, on_event=on_event)
@@ -89,41 +89,57 @@ def preflight(settings: Settings, *, conn: Optional[psycopg.Connection] = None,
     return result
 
 
+@dataclass
+class EditVerdict:
+    """Edited applied files: the proof (None when it could not run) and, when the edit may not be recorded, why."""
+
+    proof: Optional[proof.EditProof]
+    error: Optional[EditedFileError] = None
+
+    def raise_if_refused(self) -> "EditVerdict":
+        if self.error is not None:
+            raise self.error
+        return self
+
+
 def judge_edits(conn: Optional[psycopg.Connection], settings: Settings, files: Sequence[Migration],
-                recorded: Mapping[str, str], on_event: Sink = ignore) -> Optional[proof.EditProof]:
+                recorded: Mapping[str, str], on_event: Sink = ignore) -> EditVerdict:
     """Edited applied files: proven (built in a scratch schema, compared with the live one) and accepted when
-    ``accept_edits`` covers them and the proof is clean; else :class:`EditedFileError` with the proof's verdict.
-    Without a database the proof waits for the apply (only when every edit would be accepted)."""
+    ``accept_edits`` covers them and the proof is clean; else the verdict carries an :class:`EditedFileError`
+    with the proof's result. Without a database the proof waits for the apply (only when every edit would be
+    accepted)."""
     edited = proof.edited_files(files, recorded)
     names = [name for name, _, _ in edited]
     refused = [name for name in names if not proof.accepted(settings, name)]
     if conn is None:
         if refused:
-            raise EditedFileError(edited, settings.module_name, settings.history_display,
-                                  "(the proof did not run: the database is not reachable yet)")
+            return EditVerdict(None, EditedFileError(edited, settings.module_name, settings.history_display,
+                                                     "(the proof did not run: the database is not reachable yet)"))
         for name, old, new in edited:
             on_event(Event("edit", f"{name}: edited after it was applied (recorded {old[:12]}…, file {new[:12]}…); "
                                    "the proof runs at the update, where the database answers", "warning", name))
-        return None
+        return EditVerdict(None)
     result = proof.prove_edits(conn, settings, files, recorded)
     for line, (name, _, _) in zip(result.lines(), edited):
         on_event(Event("edit", f"{line}; proof ({result.seconds * 1000:.0f} ms): {result.verdict()}",
                        "info" if result.clean else "warning", name))
     if not result.clean:
-        raise EditedFileError(edited, settings.module_name, settings.history_display, f"proof: {result.verdict()}",
-                              remedy="the edit changes the schema, so it cannot be recorded as the same migration: "
-                                     "restore the file as it was applied and put the change in a new migration file "
-                                     "(or, if the live schema is what you want and you have checked it, record the "
-                                     "edit without the proof: python -m llmemory_db.migrate accept-edit FILE --trust)")
+        return EditVerdict(result, EditedFileError(
+            edited, settings.module_name, settings.history_display, f"proof: {result.verdict()}",
+            remedy="the edit changes the schema, so it cannot be recorded as the same migration: restore the file "
+                   "as it was applied and put the change in a new migration file (or, if the live schema is what "
+                   "you want and you have checked it, record the edit without the proof: python -m "
+                   "llmemory_db.migrate accept-edit FILE --trust)"))
     if refused:
-        raise EditedFileError(edited, settings.module_name, settings.history_display,
-                              f"proof: {result.verdict()} (not accepted: {', '.join(refused)})",
-                              remedy=f"accept the verified edit: {setting('accept_edits', refused)} (or ['*'] "
-                                     "for every edited file whose proof is clean), or python -m llmemory_db.migrate "
-                                     "accept-edit FILE; the history keeps the old checksum in its audit trail")
+        return EditVerdict(result, EditedFileError(
+            edited, settings.module_name, settings.history_display,
+            f"proof: {result.verdict()} (not accepted: {', '.join(refused)})",
+            remedy=f"accept the verified edit: {setting('accept_edits', refused)} (or ['*'] for every edited file "
+                   "whose proof is clean), or python -m llmemory_db.migrate accept-edit FILE; the history keeps the "
+                   "old checksum in its audit trail"))
     on_event(Event("edit", f"{', '.join(names)}: the verified edit is accepted ({setting('accept_edits')}): the "
                            "update records the new checksum(s) and keeps the old one(s) in the audit trail"))
-    return result
+    return EditVerdict(result)
 
 
 # --------------------------------------------------------------------------- apply
@@ -189,9 +205,8 @@ def _apply(conn, settings, managed, recorded_objects, covered, known, on_event, 
             on_event(Event("drift", "accepted schema drift:\n  " + "\n  ".join(report.differences), "warning"))
     current = status(conn, settings, files)
     if current.plan.mismatched:
-        recorded = store.read()
-        edit = judge_edits(conn, settings, files, recorded, on_event)
-        result.edits = edits.record(conn, settings, edit)
+        verdict = judge_edits(conn, settings, files, store.read(), on_event).raise_if_refused()
+        result.edits = edits.record(conn, settings, verdict.proof)
         for line in result.edits:
             on_event(Event("edit", line))
         current = status(conn, settings, files)

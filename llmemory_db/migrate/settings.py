@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from psycopg import sql
 
+from . import options
 from .errors import InvalidIdentifierError, MigrationError, SettingError
 from .identifiers import check_identifier
 from .source import find_package, pgdbm_history_table
@@ -299,30 +299,11 @@ class Settings:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
         """Command-line options for the settings ``names`` (each command takes the ones it uses)."""
-        for f in dataclasses.fields(cls):
-            if f.name not in names or not f.metadata.get("cli"):
-                continue
-            flag, help_text, default = f.metadata["cli"], f.metadata["help"], f.default
-            if f.type in (bool, "bool"):
-                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
-            elif f.name == "extensions":
-                parser.add_argument(flag, dest=f.name, action="append", default=None, metavar="NAME",
-                                    help=help_text + " (repeat the option for several)")
-            elif f.name.endswith("timeout"):
-                parser.add_argument(flag, dest=f.name, type=float, default=None, metavar="SECONDS",
-                                    help=f"{help_text} (default: {default if default is not None else 'unset'})")
-            elif f.name == "risk_min_rows":
-                parser.add_argument(flag, dest=f.name, type=int, default=None, metavar="ROWS",
-                                    help=f"{help_text} (default: {default:,})")
-            else:
-                parser.add_argument(flag, dest=f.name, default=None, choices=f.metadata.get("choices"),
-                                    help=help_text + (f" (default: {default})" if default is not None else ""))
+        options.add_arguments(cls, parser, names)
 
     @classmethod
     def from_cli(cls, namespace: argparse.Namespace) -> "Settings":
-        given = {name: value for name, value in vars(namespace).items()
-                 if name in cls.names() and value is not None and value is not False}
-        return cls(**given)
+        return cls(**options.given(cls, namespace))
 
     @classmethod
     def problems(cls, values: Mapping[str, Any]) -> List["MigrationError"]:
@@ -360,15 +341,7 @@ class Settings:
     def from_config(cls, get: Callable[[str], Optional[str]], **overrides: Any) -> "Settings":
         """From stack config: ``get(key)`` returns the raw string of ``llmemory-db:<key>`` or None
         (``pulumi.Config().get``). A value of the wrong type is an error naming the key."""
-        values: Dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            key = f.metadata.get("config")
-            raw = get(key) if key else None
-            if raw is None:
-                continue
-            values[f.name] = _parse_config(f, key, raw)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**options.from_config(cls, get), **overrides})
 
 
 def _identifier(name: str, value: Any, what: str, whole: Any = None) -> str:
@@ -386,36 +359,6 @@ def _identifier(name: str, value: Any, what: str, whole: Any = None) -> str:
 
 def _meta_help(name: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(Settings) if f.name == name)
-
-
-def _parse_config(f: "dataclasses.Field", key: str, raw: str) -> Any:
-    def wrong(kind: str) -> SettingError:
-        return SettingError(f"Invalid stack config llmemory-db:{key} = {raw!r}: {kind} expected", setting=f.name,
-                            remedy=f"pulumi config set llmemory-db:{key} <{kind}> (see docs/configuration.md)")
-
-    if f.type in (bool, "bool"):
-        if raw.lower() not in ("true", "false"):
-            raise wrong("true or false")
-        return raw.lower() == "true"
-    if f.name.endswith("timeout"):
-        try:
-            return float(raw)
-        except ValueError:
-            raise wrong("a number of seconds") from None
-    if f.name == "risk_min_rows":
-        try:
-            return int(raw)
-        except ValueError:
-            raise wrong("a whole number of rows") from None
-    if f.name in ("extensions", "accept_edits"):
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            raise wrong("a list of names") from None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise wrong("a list of names")
-        return tuple(value)
-    return raw
 
 
 # The name the engine used before the settings object existed.

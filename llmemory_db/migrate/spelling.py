@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Optional
+from typing import Mapping, Optional
 
 STYLES = ("python", "yaml", "cli", "config")
 _MARK = re.compile(r"\{setting:(?P<name>[a-z_]+)(?:=(?P<value>[^{}]*))?\}")
@@ -44,36 +44,27 @@ def _python_value(value: str) -> str:
         return repr(value)
 
 
-def _flag(name: str) -> Optional[str]:
-    from .settings import Settings  # the settings know their own flags (settings imports this module's users)
-    return Settings.cli_flags().get(name)
-
-
-def _config_key(name: str) -> Optional[str]:
-    from .settings import Settings
-    return Settings.config_keys().get(name)
-
-
-def spell(text: str, style: str = "python") -> str:
-    """``text`` with every marked setting written for ``style`` (one of :data:`STYLES`)."""
+def spell(text: str, style: str = "python", flags: Optional[Mapping[str, str]] = None) -> str:
+    """``text`` with every marked setting written for ``style`` (one of :data:`STYLES`). ``flags``: setting name ->
+    command-line option, for the cli style (a setting without one is named as the program's argument). A stack
+    config key is the setting's name in camelCase (``llmemory-db:acceptSchemaDrift``), as a YAML property is."""
     def one(match: "re.Match[str]") -> str:
         name, value = match.group("name"), match.group("value")
         if style == "yaml":
             return f"{camel(name)}: {value}" if value is not None else camel(name)
         if style == "cli":
-            flag = _flag(name)
+            flag = (flags or {}).get(name)
             if flag is None:  # a setting the command line does not take: say so in the program's words
                 return f"the {name} argument" + (f" ({name}={_python_value(value)})" if value is not None else "")
             if value in (None, "true"):
                 return flag
             return f"{flag} {value}"
         if style == "config":
-            key = _config_key(name)
-            if key is not None and value is not None and value.startswith("["):
+            key = camel(name)
+            if value is not None and value.startswith("["):
                 items = json.loads(value)
                 return " and ".join(f"pulumi config set --path 'llmemory-db:{key}[{i}]' {item}"
                                     for i, item in enumerate(items))
-            if key is not None:
-                return f"pulumi config set llmemory-db:{key} {value}" if value is not None else f"llmemory-db:{key}"
+            return f"pulumi config set llmemory-db:{key} {value}" if value is not None else f"llmemory-db:{key}"
         return f"{name}={_python_value(value)}" if value is not None else name
     return _MARK.sub(one, text)

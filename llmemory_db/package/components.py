@@ -30,24 +30,24 @@ else:  # pragma: no cover
 
 class _ServedByPackage(DynamicResource):
     """Mixed in after one of llmemory_db's dynamic resource classes: the same properties are registered as the
-    custom resource ``_token`` of this package instead of ``pulumi-python:dynamic:Resource`` with a pickled
+    custom resource ``TYPE_TOKEN`` of this package instead of ``pulumi-python:dynamic:Resource`` with a pickled
     provider. The engine then sends its Check/Diff/Create/Read/Update/Delete to this package's plugin (the same
     process), which runs the provider class named in ``server.RESOURCE_PROVIDERS``."""
 
-    _token = ""
+    TYPE_TOKEN = ""
 
     def __init__(self, _provider: Any, name: str, props: Dict[str, Any],
                  opts: Optional[pulumi.ResourceOptions] = None) -> None:
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(version=VERSION))
-        pulumi.CustomResource.__init__(self, self._token, name, props, opts)
+        pulumi.CustomResource.__init__(self, self.TYPE_TOKEN, name, props, opts)
 
 
 class Migrations(native_migrations.Migrations, _ServedByPackage):
-    _token = f"{PACKAGE}:index:Migrations"
+    TYPE_TOKEN = f"{PACKAGE}:index:Migrations"
 
 
 class ExtensionCheck(native_migrations.ExtensionCheck, _ServedByPackage):
-    _token = f"{PACKAGE}:index:ExtensionCheck"
+    TYPE_TOKEN = f"{PACKAGE}:index:ExtensionCheck"
 
 
 # --- the component as every language sees it ----------------------------------------------------------------------

@@ -38,8 +38,8 @@ from . import PACKAGE, VERSION
 from .components import COMPONENTS, ExtensionCheck, Migrations
 
 RESOURCE_PROVIDERS = {
-    Migrations._token: MigrationsProvider(),
-    ExtensionCheck._token: ExtensionCheckProvider(),
+    Migrations.TYPE_TOKEN: MigrationsProvider(),
+    ExtensionCheck.TYPE_TOKEN: ExtensionCheckProvider(),
 }
 # properties that are secret in every output of the custom resources, whatever their input was
 ALWAYS_SECRET = {"password"}
