@@ -86,7 +86,8 @@ class MigrationsArgs:
     startup_guard: bool = _DEFAULT.startup_guard
     baseline: Optional[str] = None             # adopt a schema made without a history: the version it is at
     baseline_trust: bool = _DEFAULT.baseline_trust
-    accept_edits: Sequence[str] = _DEFAULT.accept_edits  # verified edits of applied files ("*": every clean one)
+    accept_edits: Optional[Sequence[str]] = None  # verified edits to record ("*": every clean one; default: "*" with
+    #                                               migrations_package, none for a folder)
     spelling: str = _DEFAULT.spelling  # how errors name settings: python (these arguments), yaml, config
 
     def settings(self) -> Settings:

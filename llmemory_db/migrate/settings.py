@@ -107,11 +107,12 @@ class Settings:
         "exclusive key of (module, schema), so a fleet migrates its schemas in parallel while pgdbm on any of "
         "them still waits for all of them and is waited for", None, None, choices=("module", "schema"),
         internal=True))
-    accept_edits: Tuple[str, ...] = field(default=(), metadata=_meta(
+    accept_edits: Optional[Tuple[str, ...]] = field(default=None, metadata=_meta(
         "applied files whose edit is accepted once proven harmless: the files are built in a scratch schema and "
         "compared with the live schema; no difference, or comments only, records the new checksum (with an audit "
-        "row); '*' = every edited file whose proof is clean. Default with migrations_package: '*' (a library's "
-        "release edits its own files; you cannot restore them)", None, "acceptEdits"))
+        "row); '*' = every edited file whose proof is clean. Default: '*' with migrations_package (a library's "
+        "release edits its own files, which you cannot restore), none for a folder of your own", None,
+        "acceptEdits"))
     spelling: str = field(default="python", metadata=_meta(
         "how messages name settings: python (arguments), yaml (properties), cli (options), config (stack config "
         "keys of a program that reads them)", None, None, choices=STYLES, internal=True))
@@ -126,7 +127,8 @@ class Settings:
         object.__setattr__(self, "extensions", tuple(self.extensions or ()))
         if isinstance(self.accept_edits, str):
             object.__setattr__(self, "accept_edits", (self.accept_edits,))
-        object.__setattr__(self, "accept_edits", tuple(self.accept_edits or ()))
+        elif self.accept_edits is not None:
+            object.__setattr__(self, "accept_edits", tuple(self.accept_edits))
         for name in ("schema", "migrations_package", "startup_role", "baseline"):  # "" (config's unset) = none
             if getattr(self, name) == "":
                 object.__setattr__(self, name, None)
@@ -181,11 +183,13 @@ class Settings:
             object.__setattr__(self, "migrations_dir", str(source.folder))
             default("module_name", source.package)
             default("history_table", pgdbm_history_table(self.schema))
-            if not self.accept_edits:  # a library's release edits its own applied files: verified edits pass
+            if self.accept_edits is None:  # a library's release edits its own applied files: verified edits pass
                 object.__setattr__(self, "accept_edits", ("*",))
         default("migrations_dir", DEFAULT_MIGRATIONS_DIR)
         default("module_name", DEFAULT_MODULE)
         default("history_table", DEFAULT_HISTORY_TABLE)
+        if self.accept_edits is None:
+            object.__setattr__(self, "accept_edits", ())
 
     @property
     def package(self):

@@ -85,3 +85,20 @@ def test_migrations_resource_carries_settings_and_never_sql(deploy):
     assert props["lock_wait_timeout"] == 0 and props["statement_timeout"] == 0 and props["lock_timeout"] == 2.0
     assert props["checksums"].keys() == {"001_a.sql"} and "CREATE TABLE" not in repr(props)
     assert props["host"] == "db.internal" and props["database"] == "app"
+
+
+def test_each_components_migrations_wait_for_its_own_schema_and_every_extension(deploy):
+    """Five components sharing extensions (the spec's pattern 3): the first creates each extension once; every
+    component's migrations (and grants) wait for its own schema and for every extension, whoever created it."""
+    from llmemory_db import MigratedSchema, MigratedSchemaArgs
+    names = ["a", "b", "c", "d", "e"]
+    registered = deploy(lambda: [MigratedSchema(n, MigratedSchemaArgs(
+        schema=f"s_{n}", module_name=f"mod_{n}", extensions=["vector", "pgcrypto"], runtime_roles=["app"]))
+        for n in names])
+    resources = by_name(registered)
+    assert [n for n in resources if n.endswith("-ext-vector")] == ["a-ext-vector"]
+    assert [n for n in resources if n.endswith("-ext-pgcrypto")] == ["a-ext-pgcrypto"]
+    for n in names:
+        for child in (f"{n}-migrations", f"{n}-app-usage", f"{n}-app-tables"):
+            deps = resources[child][2]
+            assert {f"{n}-schema", "a-ext-vector", "a-ext-pgcrypto"} <= set(deps), (child, deps)
