@@ -23,12 +23,13 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import psycopg
 
 from . import lint as lint_mod
-from .errors import MigrationError
+from . import plpgsql, violations as violations_mod
+from .errors import MigrationError, excerpt
 from .files import Migration
 from .settings import Settings
 
@@ -42,6 +43,9 @@ STYLE_RULES = ("prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-
                "require-lock-timeout", "require-statement-timeout", "require-timeout-settings",
                "transaction-nesting")
 RISK_POLICIES = ("warn", "deny")
+# findings of this module's own (not squawk's): PL/pgSQL it cannot read, and the data preflight
+DYNAMIC_RULES = ("dynamic-sql", "unparsed-plpgsql")
+OWN_RULES = DYNAMIC_RULES + violations_mod.RULES
 ALLOW = re.compile(r"^--\s*llmemory-db:allow\s+(?P<rules>[a-z0-9-]+(?:\s*,\s*[a-z0-9-]+)*)\s*(?::\s*(?P<why>.*))?$",
                    re.MULTILINE)
 
@@ -58,9 +62,21 @@ class Finding:
     rows_estimate: Optional[int] = None  # pg_class.reltuples (None: unknown)
     bytes: Optional[int] = None          # pg_total_relation_size (None: unknown)
     note: str = ""                       # why it is (not) at risk: "created by 002_x.sql in this plan", ...
+    context: str = ""                    # "inside the DO block at line 12" (a statement inside PL/pgSQL)
+    violations: Optional[int] = None     # data preflight: rows (unique: key groups) that make the statement fail
+    examples: Optional[List[dict]] = None  # data preflight: up to 5 of them (their keys)
+    query: Optional[str] = None          # data preflight: the query that lists them all
 
     def __str__(self) -> str:
+        if self.rule in OWN_RULES:
+            text = f"{self.file}:{self.line} {self.rule}: {self.message}"
+            if self.query and self.violations:
+                text += f" List them: {self.query} Then: {self.help}"
+            elif self.query and self.violations is None:  # not checked
+                text += f" Run it yourself: {self.query}"
+            return text if self.severity == "warning" else f"{text} [{self.severity}]"
         where = f" on {self.table} ({self.note})" if self.table else (f" ({self.note})" if self.note else "")
+        where += f" {self.context}:" if self.context else ""
         text = f"{self.file}:{self.line} {self.rule}: {self.statement_kind()}{where} {self.message}"
         if self.help:
             text += f" Help: {self.help}"
@@ -91,9 +107,22 @@ class RiskReport:
     def lines(self) -> List[str]:
         return [str(f) for f in self.findings] + [f"allowed: {a}" for a in self.allowed]
 
+    @property
+    def violations(self) -> List[Finding]:
+        """Errors of the data preflight: statements existing rows will make fail."""
+        return [f for f in self.errors if f.rule in violations_mod.RULES]
+
+    def error(self, settings: Settings) -> Optional[MigrationError]:
+        """The error refusing this plan, or None: rows that make a statement fail first (whatever the policy),
+        else the deny policy's refusal."""
+        if self.violations:
+            return ViolationError(self.violations, [f for f in self.errors if f not in self.violations])
+        return RiskError(self.errors, settings) if self.errors else None
+
     def raise_for_errors(self, settings: Settings) -> None:
-        if self.errors:
-            raise RiskError(self.errors, settings)
+        error = self.error(settings)
+        if error is not None:
+            raise error
 
 
 class RiskError(MigrationError):
@@ -108,6 +137,25 @@ class RiskError(MigrationError):
             file=self.findings[0].file, line=self.findings[0].line,
             remedy="rewrite them the safe way (see the README's \"Changing a live database\"), or, once reviewed, "
                    "allow the rule in that file: -- llmemory-db:allow <rule>: <reason>")
+
+
+class ViolationError(MigrationError):
+    """Existing rows make a pending statement fail (a duplicate key for a UNIQUE constraint, a NULL for SET NOT
+    NULL, ...); nothing was applied. The statement is right: the data must change."""
+
+    def __init__(self, findings: Sequence[Finding], others: Sequence[Finding] = ()) -> None:
+        self.findings, self.others = list(findings), list(others)
+        parts = []
+        for f in self.findings:
+            parts.append(f"  {f.file}:{f.line} {f.message}\n    list them: {f.query}\n    then: {f.help}")
+        text = (f"{len(self.findings)} pending statement(s) will fail on rows the live tables hold; nothing was "
+                "applied:\n" + "\n".join(parts))
+        if self.others:
+            text += "\nalso refused by risk_policy 'deny':\n" + "\n".join(f"  {f}" for f in self.others)
+        super().__init__(
+            text, file=self.findings[0].file, line=self.findings[0].line,
+            remedy="the data must change, not the statement: change the rows each query lists (as each 'then:' "
+                   "says), then run again; do not edit an applied or published migration to get past it")
 
 
 # --------------------------------------------------------------------------- squawk
@@ -134,7 +182,7 @@ def _run_squawk(args: List[str]) -> subprocess.CompletedProcess:
 
 def validate_rules(rules: Iterable[Tuple[str, str, int]]) -> None:
     """``(rule, file, line)``: squawk itself says which rule names it does not know."""
-    rules = list(rules)
+    rules = [r for r in rules if r[0] not in OWN_RULES]
     if not rules:
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,10 +316,47 @@ def human_bytes(size: Optional[int]) -> str:
 
 # --------------------------------------------------------------------------- the analysis
 
+EMBEDDED_SUFFIX = "~plpgsql.sql"  # squawk's file of a migration's statements inside PL/pgSQL
+
+
+def _embedded_sql(embedded: Dict[str, List[plpgsql.Embedded]]
+                  ) -> Tuple[Dict[str, str], Dict[str, Tuple[str, List[Tuple[int, plpgsql.Embedded]]]]]:
+    """One squawk file per migration of the statements inside its PL/pgSQL, and where each starts in it."""
+    texts: Dict[str, str] = {}
+    where: Dict[str, Tuple[str, List[Tuple[int, plpgsql.Embedded]]]] = {}
+    for name, items in embedded.items():
+        parts, index, line = [], [], 1
+        for item in items:
+            if item.dynamic:
+                continue
+            body = item.text.strip().rstrip(";").rstrip()
+            index.append((line, item))
+            parts.append(body + ";\n")
+            line += body.count("\n") + 1
+        if parts:
+            texts[name + EMBEDDED_SUFFIX] = "".join(parts)
+            where[name + EMBEDDED_SUFFIX] = (name, index)
+    return texts, where
+
+
+def _dynamic_finding(name: str, item: plpgsql.Embedded, called: Dict[str, str]) -> Finding:
+    rule = "dynamic-sql" if item.reason.startswith("EXECUTE") else "unparsed-plpgsql"
+    what = f": {excerpt(item.text, 120)}" if item.text else ""
+    return Finding(name, item.line, rule, "info",
+                   f"{_context(item.routine, called)}, {item.reason}{what}; review it by hand",
+                   context=_context(item.routine, called))
+
+
+def _context(routine: plpgsql.Routine, called: Dict[str, str]) -> str:
+    return routine.context(called.get(routine.display, "") if routine.display else "")
+
+
 def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Settings,
-            conn: Optional[psycopg.Connection] = None) -> RiskReport:
-    """The risk of ``pending`` files (in plan order) for ``settings``; ``conn``: read live sizes (else squawk's
-    findings only)."""
+            conn: Optional[psycopg.Connection] = None,
+            on_progress: Optional[Callable[[str], None]] = None) -> RiskReport:
+    """The risk of ``pending`` files (in plan order) for ``settings``; ``conn``: read live sizes and run the
+    data preflight (else squawk's findings only). Statements inside DO blocks and PL/pgSQL functions are
+    analysed like top-level ones; ``on_progress(line)`` is told about each data check as it starts."""
     report = RiskReport()
     files = [m for m in pending if m.filename in rendered]
     if not files:
@@ -282,35 +367,51 @@ def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Se
     if conn is not None:
         number = conn.info.server_version
         version = f"{number // 10000}.{number % 100 if number >= 100000 else 0}"
-    raw = squawk({m.filename: rendered[m.filename] for m in files},
-                 {m.filename for m in files if m.no_transaction}, version)
     target = settings.schema_name
+    embedded = {m.filename: plpgsql.embedded(rendered[m.filename], lint_mod.parse(rendered[m.filename]), target)
+                for m in files}
+    steps, called = violations_mod.plan_steps([m.filename for m in files], rendered, embedded, target)
+    inner, inner_at = _embedded_sql(embedded)
+    no_transaction = {m.filename for m in files if m.no_transaction}
+    raw = squawk({**{m.filename: rendered[m.filename] for m in files}, **inner},
+                 no_transaction | {name + EMBEDDED_SUFFIX for name in no_transaction}, version)
     parsed = {m.filename: _parsed(rendered[m.filename]) for m in files}
-    # tables each file creates, for "created earlier in this plan"
+    # tables each file creates (top level, in a DO block, in a function it calls), for "created earlier in this plan"
     created: Dict[str, str] = {}  # schema.table -> the first pending file that creates it
     order = {m.filename: i for i, m in enumerate(files)}
-    created_in: Dict[str, Dict[str, int]] = {}
-    for m in files:
-        created_in[m.filename] = {}
-        for line, kind, stmt in parsed[m.filename]:
-            if kind == "CreateStmt" and stmt.get("relation"):
-                rel = stmt["relation"]
-                qualified = f"{rel.get('schemaname') or target}.{rel['relname']}"
-                created.setdefault(qualified, m.filename)
-                created_in[m.filename].setdefault(qualified, line)
-    resolved: List[Tuple[dict, Optional[Tuple[str, str]], List[Tuple[str, str]]]] = []
+    created_in: Dict[str, Dict[str, int]] = {m.filename: {} for m in files}
+    indexes: Dict[str, str] = {}  # schema.index -> schema.table, of the indexes the plan builds (for DROP INDEX)
+    for step in steps:
+        if step.kind == "CreateStmt" and step.stmt.get("relation"):
+            rel = step.stmt["relation"]
+            qualified = f"{rel.get('schemaname') or target}.{rel['relname']}"
+            created.setdefault(qualified, step.file)
+            created_in[step.file].setdefault(qualified, step.line)
+        elif step.kind == "IndexStmt" and step.stmt.get("idxname") and step.stmt.get("relation"):
+            rel = step.stmt["relation"]
+            schema = rel.get("schemaname") or target
+            indexes.setdefault(f"{schema}.{step.stmt['idxname']}", f"{schema}.{rel['relname']}")
+    resolved: List[Tuple[dict, Optional[Tuple[str, str]], List[Tuple[str, str]], Optional[plpgsql.Embedded]]] = []
     lookups: List[Tuple[str, str]] = []
     for item in raw:
-        kind, stmt = _statement_at(parsed[item["file"]], item["line"])
+        origin = None
+        if item["file"] in inner_at:  # a statement inside PL/pgSQL: back to its file and line
+            name, index = inner_at[item["file"]]
+            start, origin = [(s, e) for s, e in index if s <= item["line"]][-1]
+            relative = item["line"] - start + 1
+            kind, stmt = _statement_at(_parsed(origin.text.strip()), relative)
+            item = dict(item, file=name, line=origin.line + (0 if origin.constant else relative - 1))
+        else:
+            kind, stmt = _statement_at(parsed[item["file"]], item["line"])
         relations = _relations(kind, stmt)
         candidates = []
         if relations:
             schema, name = relations[0]
             candidates = [(schema, name)] if schema else [(target, name), ("public", name)]
             lookups.extend(c for c in candidates if c not in lookups)
-        resolved.append((item, relations[0] if relations else None, candidates))
+        resolved.append((item, relations[0] if relations else None, candidates, origin))
     sizes = live_sizes(conn, lookups) if conn is not None else {}
-    for item, relation, candidates in resolved:
+    for item, relation, candidates, origin in resolved:
         rule = item["rule_name"]
         if rule in allowed[item["file"]]:
             continue
@@ -325,6 +426,8 @@ def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Se
                 live = live_sizes(conn, [(schema, name)]).get((schema, name)) if conn is not None else None
             elif live is not None:
                 qualified = next(f"{s}.{n}" for s, n in candidates if sizes.get((s, n), (False,))[0])
+            elif qualified in indexes:  # an index this plan builds: the table it is on
+                qualified = indexes[qualified]
             finding.table = qualified
             made_here = created_in[item["file"]].get(qualified)
             made_before = created.get(qualified)
@@ -346,7 +449,22 @@ def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Se
                     at_risk = size is None or rows is None or rows >= settings.risk_min_rows
                     if settings.risk_policy == "deny" and at_risk:
                         finding.severity = "error"
+        if origin is not None:
+            finding.context = _context(origin.routine, called)
+            if not origin.routine.runs_at_apply and origin.routine.display not in called:
+                finding.severity = "info"  # a function body runs when called: this plan does not call it
+                finding.note = "; ".join(n for n in (finding.note, "not run by this plan") if n)
         report.findings.append(finding)
+    for m in files:
+        for item in embedded[m.filename]:
+            if item.dynamic:
+                finding = _dynamic_finding(m.filename, item, called)
+                if finding.rule not in allowed[m.filename]:
+                    report.findings.append(finding)
+    if conn is not None and settings.preflight_timeout:
+        report.findings.extend(Finding(**found) for found in violations_mod.preflight(
+            conn, steps, target, settings.preflight_timeout, on_progress))
+    report.findings.sort(key=lambda f: (order[f.file], f.line, f.rule))
     for name, rules in allowed.items():
         for rule, (line, why) in sorted(rules.items()):
             report.allowed.append(f"{name}:{line} allows {rule}" + (f": {why}" if why else ""))
