@@ -81,6 +81,9 @@ def test_unique_index_partial_and_nulls_not_distinct(db, live):
                                "(lower(a), (b > 0));")
     assert (expression.violations, expression.examples) == (1, [{"key": {"lower(a)": "x", "b > 0": True}, "rows": 2}])
     assert listed(db, expression) == [("x", True, 2)]
+    db.sql("CREATE INDEX idx_t_c ON app.t (a)")  # IF NOT EXISTS and it exists: a no-op, nothing to check
+    _, found = preflight(db, live, {"002_x.sql": "CREATE UNIQUE INDEX IF NOT EXISTS idx_t_c ON {{tables.t}} (a);\n"})
+    assert found == []
 
 
 def test_primary_key_checks_duplicates_and_nulls(db, live):

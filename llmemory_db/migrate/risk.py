@@ -259,11 +259,11 @@ def _statement_at(statements: List[Tuple[int, str, dict]], line: int) -> Tuple[s
     return chosen
 
 
-def _parsed(text: str) -> List[Tuple[int, str, dict]]:
-    """(first line, node type, node) of each statement."""
+def _parsed(text: str, parsed: Optional[list] = None) -> List[Tuple[int, str, dict]]:
+    """(first line, node type, node) of each statement (``parsed``: the text's ``lint.parse``, when known)."""
     positions = lint_mod._Positions(text)
     out = []
-    for kind, stmt, start, length in lint_mod.parse(text):
+    for kind, stmt, start, length in (lint_mod.parse(text) if parsed is None else parsed):
         piece = text[start:start + length]
         out.append((positions(start + len(piece) - len(piece.lstrip()))[0], kind, stmt))
     return out
@@ -368,14 +368,14 @@ def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Se
         number = conn.info.server_version
         version = f"{number // 10000}.{number % 100 if number >= 100000 else 0}"
     target = settings.schema_name
-    embedded = {m.filename: plpgsql.embedded(rendered[m.filename], lint_mod.parse(rendered[m.filename]), target)
-                for m in files}
-    steps, called = violations_mod.plan_steps([m.filename for m in files], rendered, embedded, target)
+    trees = {m.filename: lint_mod.parse(rendered[m.filename]) for m in files}  # parsed once (a 10 MB file too)
+    embedded = {m.filename: plpgsql.embedded(rendered[m.filename], trees[m.filename], target) for m in files}
+    steps, called = violations_mod.plan_steps([m.filename for m in files], rendered, embedded, target, trees)
     inner, inner_at = _embedded_sql(embedded)
     no_transaction = {m.filename for m in files if m.no_transaction}
     raw = squawk({**{m.filename: rendered[m.filename] for m in files}, **inner},
                  no_transaction | {name + EMBEDDED_SUFFIX for name in no_transaction}, version)
-    parsed = {m.filename: _parsed(rendered[m.filename]) for m in files}
+    parsed = {m.filename: _parsed(rendered[m.filename], trees[m.filename]) for m in files}
     # tables each file creates (top level, in a DO block, in a function it calls), for "created earlier in this plan"
     created: Dict[str, str] = {}  # schema.table -> the first pending file that creates it
     order = {m.filename: i for i, m in enumerate(files)}

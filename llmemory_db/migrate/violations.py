@@ -63,6 +63,7 @@ REMEDY = {
     "cast-failure": "fix the values the new type cannot read (the query lists them)",
 }
 _DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+_CHECKED = {"AlterTableStmt", "IndexStmt"}  # the statements a check is built from (their text is re-parsed)
 
 
 # --------------------------------------------------------------------------- the statements of a plan, in run order
@@ -99,7 +100,7 @@ def _calls(node) -> Iterator[Tuple[Optional[str], str]]:
 
 
 def plan_steps(files: Sequence[str], rendered: Dict[str, str], embedded: Dict[str, List[Embedded]],
-               target: str) -> Tuple[List[Step], Dict[str, str]]:
+               target: str, parsed: Optional[Dict[str, list]] = None) -> Tuple[List[Step], Dict[str, str]]:
     """Every statement the pending ``files`` run, in run order, and where the plan first calls each of its own
     PL/pgSQL routines (display name -> "file:line"). A DO block's statements run where the block is; a
     function's run where the plan calls it (a function nobody in the plan calls runs none)."""
@@ -109,6 +110,8 @@ def plan_steps(files: Sequence[str], rendered: Dict[str, str], embedded: Dict[st
 
     def calls_of(stmt: dict, where: str, depth: int = 0) -> List[Step]:
         out: List[Step] = []
+        if not routines:  # no routine of the plan defined yet: nothing to find (and no tree to walk)
+            return out
         for schema, name in _calls(stmt):
             keys = [(schema, name)] if schema else [(target, name), ("public", name)]
             found = next((routines[k] for k in keys if k in routines), None)
@@ -129,7 +132,7 @@ def plan_steps(files: Sequence[str], rendered: Dict[str, str], embedded: Dict[st
         by_routine: Dict[int, List[Embedded]] = {}
         for item in embedded.get(name, []):
             by_routine.setdefault(item.routine.line, []).append(item)
-        for kind, stmt, start, length in lint_mod.parse(text):
+        for kind, stmt, start, length in (parsed or {}).get(name) or lint_mod.parse(text):
             piece = text[start:start + length]
             line = positions(start + len(piece) - len(piece.lstrip()))[0]
             mine = by_routine.get(line, []) if kind in ("DoStmt", "CreateFunctionStmt") else []
@@ -139,7 +142,7 @@ def plan_steps(files: Sequence[str], rendered: Dict[str, str], embedded: Dict[st
                     steps.append(step)
                     steps.extend(calls_of(step.stmt, f"{name}:{item.line}") if not item.dynamic else [])
                 continue
-            steps.append(Step(name, line, kind, stmt, piece.strip()))
+            steps.append(Step(name, line, kind, stmt, piece.strip() if kind in _CHECKED else ""))
             if kind == "CreateFunctionStmt" and mine:
                 routine = mine[0].routine
                 schema, fname = routine.name or (None, "")
@@ -173,6 +176,7 @@ class Check:
     cast: Optional[Tuple[str, str, str]] = None  # type change: (column, new type, a USING expression or '')
     reference: Optional[dict] = None            # foreign key: pktable, fk and pk columns, match type
     any_row: bool = False                       # every existing row violates it (ADD COLUMN NOT NULL, no DEFAULT)
+    unless_exists: str = ""                     # CREATE UNIQUE INDEX IF NOT EXISTS: a no-op when this index exists
 
 
 def _ident(name: str) -> sql.Composable:
@@ -244,7 +248,8 @@ def _index_checks(text: str) -> List[Check]:
     if node.whereClause is not None:
         what += f" WHERE {_deparse(node.whereClause)}"
     return [Check("unique-violation", what, (node.relation.schemaname, node.relation.relname), keys=keys,
-                  where=where, nulls_distinct=not node.nulls_not_distinct)]
+                  where=where, nulls_distinct=not node.nulls_not_distinct,
+                  unless_exists=node.idxname if node.if_not_exists and node.idxname else "")]
 
 
 _NO_DEFAULT_NEEDED = {"serial", "serial4", "serial8", "bigserial", "smallserial", "serial2"}
@@ -607,6 +612,9 @@ def preflight(conn: psycopg.Connection, steps: Sequence[Step], target: str, time
             table = _table(conn, checked.relation, target)
             if table is None:
                 continue  # not there: the statement fails on that, not on rows (the squawk finding says so)
+            if checked.unless_exists and conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
+                    sql.Identifier(table.schema, checked.unless_exists).as_string(conn),)).fetchone()[0]:
+                continue  # IF NOT EXISTS and it exists: the statement does nothing
             if progress:
                 progress(f"preflight: {where} {checked.what} on {table.display}")
             result = run(conn, checked, table, timeout)
