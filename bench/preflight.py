@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     server = Server(ROOT / ".state" / "pg-bench").start()
     db = dbs.create(server, prefix="preflight", extensions=("vector",))
     folder = Path(tempfile.mkdtemp())
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
             without_seconds, _ = timed(lambda: risk.analyze(pending, rendered, settings.replace(preflight_timeout=0),
                                                             conn), args.reps)
             [violation] = [f for f in report.findings if f.rule == "unique-violation"]
+            version = conn.info.server_version
             plan = {"plan_002_with_preflight_s": round(with_seconds, 3),
                     "plan_002_without_preflight_s": round(without_seconds, 3),
                     "preflight_share_s": round(with_seconds - without_seconds, 3),
@@ -120,8 +123,9 @@ def main(argv=None) -> int:
             log(f"plan of llmemory's 002: {with_seconds:.3f}s with the preflight, {without_seconds:.3f}s without; "
                 f"{violation.severity}: {violation.violations} duplicate group")
         results = {"rows": args.rows, "heap_MB": round(table.heap / 2**20), "total_MB": round(table.total / 2**20),
-                   "reps": args.reps, "checks": checks, "plan": plan,
-                   "server_version": server.version if hasattr(server, "version") else None}
+                   "reps": args.reps, "checks": checks, "plan": plan, "server_version": version,
+                   "cpus": os.cpu_count(), "load_average_before_after": [round(load_before, 1),
+                                                                          round(os.getloadavg()[0], 1)]}
         OUT.write_text(json.dumps(results, indent=2) + "\n")
         log(f"wrote {OUT.relative_to(ROOT)}")
         return 0

@@ -12,6 +12,8 @@ One responsibility per module, in the order data flows:
 - ``executor``    the apply loop and its two strategies (in a transaction, no-transaction)
 - ``diagnosis``   where a migration failed and the remedy, by SQLSTATE
 - ``risk``        squawk's findings on pending files, with live table sizes; the deny policy
+- ``plpgsql``     the SQL inside DO blocks and PL/pgSQL functions (their lines, context, EXECUTE)
+- ``violations``  the data preflight: existing rows that make a pending statement fail
 - ``drift``       catalog fingerprints, the drift check, the files' schema proven on a scratch schema
 - ``adoption``    existing databases: refuse the unknown, a proven baseline, copying a pgdbm history
 - ``objects``     which objects the migrations create (grants, drift scope)
@@ -34,7 +36,7 @@ from .extensions import check_extensions
 from .files import Migration, checksum, load, version_of
 from .history import HistoryStore
 from .plan import Plan, plan
-from .risk import Finding, RiskError, RiskReport, analyze
+from .risk import Finding, RiskError, RiskReport, ViolationError, analyze
 from .render import render
 from .settings import DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, POOL_MODES, Settings, Target
 
