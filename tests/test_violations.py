@@ -110,6 +110,8 @@ def test_add_column_not_null_without_default(db, live):
     _, found = preflight(db, live, {"002_x.sql": "ALTER TABLE {{tables.t}} ADD COLUMN f int NOT NULL DEFAULT 0, "
                                                  "ADD COLUMN g bigserial NOT NULL, ADD COLUMN h int;\n"})
     assert found == []
+    _, found = preflight(db, live, {"002_x.sql": "ALTER TABLE {{tables.t}} ADD COLUMN IF NOT EXISTS a int NOT NULL;\n"})
+    assert found == []  # a exists: the statement does nothing
     db.sql("DELETE FROM app.t")
     assert one(db, live, "ALTER TABLE {{tables.t}} ADD COLUMN f int NOT NULL;").violations == 0
 
@@ -168,6 +170,12 @@ def test_tables_the_plan_creates_are_not_checked(db, live):
     [finding] = found  # a column the plan adds first: not there to read, and not a warning
     assert (finding.line, finding.severity, finding.violations) == (3, "info", None)
     assert 'not checked: it refers to what does not exist yet (column src.f does not exist)' in finding.message
+    _, found = preflight(db, live, {"005_fk.sql": "CREATE TABLE {{tables.p2}} (id int PRIMARY KEY);\n"
+                                                  "ALTER TABLE {{tables.t}} ADD FOREIGN KEY (c) REFERENCES "
+                                                  "{{tables.p2}};\n"})
+    [fk] = [f for f in found if f.file == "005_fk.sql"]  # the referenced table is made by the plan: not read
+    assert (fk.line, fk.severity, fk.violations) == (2, "info", None)
+    assert fk.message.endswith("the referenced table p2 does not exist (yet): not checked")
 
 
 def test_statements_in_do_blocks_and_called_functions_are_checked(db, live):

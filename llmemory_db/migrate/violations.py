@@ -174,15 +174,11 @@ class Check:
     shown: List[Tuple[str, sql.Composable]] = field(default_factory=list)    # values shown with each example
     where: Optional[sql.Composable] = None      # unique: a partial index's WHERE
     nulls_distinct: bool = True
-    note: str = ""                              # a reason it cannot be checked (reported, nothing read)
     cast: Optional[Tuple[str, str, str]] = None  # type change: (column, new type, a USING expression or '')
     reference: Optional[dict] = None            # foreign key: pktable, fk and pk columns, match type
     any_row: bool = False                       # every existing row violates it (ADD COLUMN NOT NULL, no DEFAULT)
     unless_exists: str = ""                     # CREATE UNIQUE INDEX IF NOT EXISTS: a no-op when this index exists
-
-
-def _ident(name: str) -> sql.Composable:
-    return sql.Identifier(name)
+    unless_column: str = ""                     # ADD COLUMN IF NOT EXISTS: a no-op when this column exists
 
 
 def _deparse(node) -> str:
@@ -210,7 +206,9 @@ def checks_for(kind: str, stmt: dict, text: str) -> List[Check]:
             checks.append(Check("not-null-violation", f"ALTER COLUMN {cmd.name} SET NOT NULL", relation,
                                 predicate=sql.SQL("{} IS NULL").format(sql.Identifier("src", cmd.name))))
         elif subtype == enums.AlterTableType.AT_AddColumn:
-            checks.extend(_add_column(cmd.def_, relation))
+            for check in _add_column(cmd.def_, relation):
+                check.unless_column = cmd.def_.colname if cmd.missing_ok else ""
+                checks.append(check)
         elif subtype == enums.AlterTableType.AT_AddConstraint:
             checks.extend(_constraint(cmd.def_, relation))
         elif subtype == enums.AlterTableType.AT_AlterColumnType:
@@ -389,17 +387,21 @@ def _table(conn: psycopg.Connection, relation: Tuple[Optional[str], str], target
 _INTEGERS = ("int2", "int4", "int8")
 
 
+class _NotYet(str):
+    """A note: the check needs what does not exist yet (this plan makes it first, or the statement fails on it)."""
+
+
 def _cast_plan(conn: psycopg.Connection, table: Table, column: str, type_name: str
                ) -> Tuple[Optional[sql.Composable], str]:
     """(predicate of the values the new type rejects, '') or (None, why it is not checked / '' when it cannot
     fail)."""
     found = conn.execute(_COLUMN_TYPE, (table.oid, column)).fetchone()
     if found is None:
-        return None, f"column {column} does not exist (yet) on {table.display}: not checked"
+        return None, _NotYet(f"column {column} does not exist (yet) on {table.display}: not checked")
     old_display, old, old_category, _ = found
     new = conn.execute(_TYPE, (type_name,)).fetchone()
     if new is None:
-        return None, f"type {type_name} does not exist (yet): not checked"
+        return None, _NotYet(f"type {type_name} does not exist (yet): not checked")
     new_name, new_category = new
     bare = "(" not in type_name
     if (new_name == "text" or (new_name == "varchar" and bare)
@@ -467,8 +469,8 @@ def _queries(check: Check, table: Table, conn: Optional[psycopg.Connection]
         parent = _table(conn, reference["table"], table.schema) if conn is not None else \
             _static_table(reference["table"], table.schema)
         if parent is None:
-            return None, None, None, (f"the referenced table {reference['table'][1]} does not exist (yet): "
-                                      "not checked")
+            return None, None, None, _NotYet(f"the referenced table {reference['table'][1]} does not exist (yet): "
+                                             "not checked")
         pk = reference["pk"] or parent.primary_key
         if len(pk) != len(reference["fk"]):
             return None, None, None, f"the referenced key of {parent.display} is not known: not checked"
@@ -498,7 +500,7 @@ def run(conn: psycopg.Connection, check: Check, table: Table, timeout: float) ->
     ``timeout`` seconds (statement_timeout and lock_timeout)."""
     listing, count, examples, note = _queries(check, table, conn)
     if listing is None:
-        return Result(note=note, violations=None if note else 0)
+        return Result(note=note, violations=None if note else 0, not_yet=isinstance(note, _NotYet))
     query = listing.as_string(conn)
     if table.heap > timeout * SCAN_BYTES_PER_SECOND:
         from .risk import human_bytes
@@ -617,6 +619,10 @@ def preflight(conn: psycopg.Connection, steps: Sequence[Step], target: str, time
             if checked.unless_exists and conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
                     sql.Identifier(table.schema, checked.unless_exists).as_string(conn),)).fetchone()[0]:
                 continue  # IF NOT EXISTS and it exists: the statement does nothing
+            if checked.unless_column and conn.execute(
+                    "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = %s AND attname = %s AND attnum > 0 "
+                    "AND NOT attisdropped)", (table.oid, checked.unless_column)).fetchone()[0]:
+                continue
             if progress:
                 progress(f"preflight: {where} {checked.what} on {table.display}")
             result = run(conn, checked, table, timeout)
