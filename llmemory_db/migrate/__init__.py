@@ -15,7 +15,8 @@ One responsibility per module, in the order data flows (docs/architecture.md dra
                    edits of applied files and their audit trail
 - ``executor``     the apply loop and its two strategies; ``diagnosis``: where a file failed and the remedy;
                    ``watch``: who blocks a migration, read from a second connection
-- ``risk``         squawk's findings with live table sizes; ``drift``: catalog fingerprints; ``proof``: the files'
+- ``risk``         squawk's findings with live table sizes; ``plpgsql``: the SQL inside DO blocks and
+                   functions; ``violations``: existing rows that make a pending statement fail; ``drift``: catalog fingerprints; ``proof``: the files'
                    schema built in a scratch schema; ``adoption``: existing databases; ``objects``: what files create
 - ``extensions``, ``startup``   prerequisites and the application's start-up role
 - ``ops``          the operations every caller uses: preflight, apply, refresh, destroy, diff
@@ -38,7 +39,7 @@ from .lint import lint_pending, render_parsed
 from .ops import ApplyResult, DriftReport, Preflight, apply, check_drift, preflight, refresh
 from .plan import Plan, plan
 from .render import render, render_files
-from .risk import Finding, RiskReport, analyze
+from .risk import Finding, RiskReport, ViolationError, analyze
 from .settings import DEFAULT_HISTORY_TABLE, DEFAULT_MODULE, POOL_MODES, Settings, Target
 from .state import Status, status
 

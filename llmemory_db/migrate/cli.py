@@ -25,7 +25,7 @@ from .state import status
 PROG = "python -m llmemory_db.migrate"
 # the settings each command takes (see Settings for their help and defaults)
 WHERE = ("migrations_dir", "migrations_package", "schema", "module_name", "history_table")
-RISK = ("risk_policy", "risk_min_rows")
+RISK = ("risk_policy", "risk_min_rows", "preflight_timeout")
 COMMANDS: Dict[str, tuple] = {
     "lint": ("check the files: render, parse and run squawk's risk rules on every file (a database is optional: "
              "with --dsn the findings name live table sizes)", WHERE + ("strict",) + RISK),
@@ -140,7 +140,8 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
         verdict = ops.judge_edits(conn, settings, load(settings.migrations_dir), HistoryStore(conn, settings).read())
     if args.command == "plan":
         rendered, current.warnings = lint_pending(current.plan.pending, settings)
-        report = risk.analyze(current.plan.pending, rendered, settings, conn)
+        report = risk.analyze(current.plan.pending, rendered, settings, conn,
+                              on_progress=lambda line: print(line, file=sys.stderr))
         if args.sql:
             print(risk.rendered_sql(current.plan.pending, rendered, settings), end="", file=sys.stderr
                   if args.json else sys.stdout)
@@ -163,7 +164,7 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
                       for i in current.inflight if i not in current.interrupted)
             + _warnings_text(current.warnings) + (_risk_text(report) if report else ""))
     if report is not None and report.errors:
-        error = error or risk.RiskError(report.errors, settings)
+        error = error or report.error(settings)
     if error:
         result["error"] = str(error)
         _emit(args, result, text)

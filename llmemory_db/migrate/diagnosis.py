@@ -55,7 +55,49 @@ def remedy_for(fail: StatementFailure, settings: Settings, statement: str = "") 
         return "another session holds a lock on an object this migration changes; retry later or raise lock_timeout"
     if error_class is pg_errors.QueryCanceled:
         return "the statement ran longer than statement_timeout; raise it or split the migration"
+    data = data_remedy(fail, error_class, settings, statement)
+    if data:
+        return data
+    if error_class in (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.TransactionRollback):
+        return concurrency_remedy(error_class)
     return "fix the statement and run again"
+
+
+def data_remedy(fail: StatementFailure, error_class, settings: Settings, statement: str) -> str:
+    """An integrity violation (class 23), or a data exception (class 22) of a type change: the rows the table holds
+    are what must change, not the statement; names the key from the server's DETAIL, and the query that lists the
+    violating rows when the statement is one the data preflight knows."""
+    from . import violation_checks, violation_reads  # noqa: PLC0415 - pglast's AST is needed only on this path
+
+    if not statement or error_class is None or \
+            not issubclass(error_class, (psycopg.IntegrityError, psycopg.DataError)):
+        return ""  # (without the statement: the engine's own queries on the history, not the user's data)
+    queries = violation_reads.failure_queries(statement, fail.sqlstate, settings.schema_name)
+    if issubclass(error_class, psycopg.DataError) and not queries:  # class 22 of any other statement
+        return ""
+    detail = f" ({fail.detail.rstrip('.')})" if fail.detail else ""
+    text = f"rows the table holds violate what the statement needs{detail}: the statement is not what must change, " \
+           "the data is"
+    if queries:
+        check, query = queries[0]
+        text += f": {violation_checks.remedy(check)}; list them with: {query}"
+    else:
+        text += ": change or remove the rows the detail names (or the rows this statement writes that conflict " \
+                "with them)"
+    return text + "; then run again"
+
+
+def concurrency_remedy(error_class) -> str:
+    """Deadlock (40P01) and serialization failure (40001): another session's work, not this statement's fault."""
+    if error_class is pg_errors.DeadlockDetected:
+        return ("another session: it and this migration each waited for a lock the other held, and PostgreSQL "
+                "ended this one (deadlock). The statement is not at fault: run again. If it repeats, look for what "
+                "takes locks on these tables at the same time (pg_stat_activity, pg_locks): another applier, the "
+                "application's own migrations at start-up, a long transaction, a CREATE INDEX CONCURRENTLY waiting "
+                "for older snapshots")
+    return ("another session: a concurrent transaction changed what this one read or wrote (serialization "
+            "failure). The statement is not at fault: run again; if it repeats, run the migration when fewer "
+            "sessions write these tables")
 
 
 def line_in(statement: parser.Statement, exc: psycopg.Error) -> int:

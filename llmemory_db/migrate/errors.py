@@ -338,24 +338,33 @@ DRIFT_REMEDY = (
 
 
 class RiskError(MigrationError):
-    """Risky statements refused before anything ran: the deny policy on tables that hold data, or statements that
-    existing rows will make fail."""
+    """The deny policy refused risky statements on tables that hold data; nothing was applied."""
 
     def __init__(self, findings: Sequence, settings) -> None:
         self.findings = list(findings)
         body = "\n".join(f"  {f}" for f in self.findings)
-        data = [f for f in self.findings if getattr(f, "violations", None)]
-        if data and len(data) == len(self.findings):
-            head = (f"{len(data)} statement(s) will fail on rows the tables hold today; nothing was applied:\n"
-                    f"{body}")
-            remedy = ("the data must change, not the statement: run the query shown to list the rows, remove or "
-                      "fix them (or merge the duplicates), then run again")
-        else:
-            head = (f"{len(self.findings)} risky statement(s) on tables of {settings.risk_min_rows:,} rows or more, "
-                    f"refused by risk_policy 'deny'" + (" (and rows that will make statements fail)" if data else "")
-                    + f"; nothing was applied:\n{body}")
-            remedy = ("rewrite them the safe way (docs/live-changes.md), or, once reviewed, allow the rule in that "
-                      "file: -- llmemory-db:allow <rule>: <reason>" + ("; for rows that make a statement fail, the "
-                                                                       "data must change: the query shown lists them"
-                                                                       if data else ""))
-        super().__init__(head, file=self.findings[0].file, line=self.findings[0].line, remedy=remedy)
+        super().__init__(
+            f"{len(self.findings)} risky statement(s) on tables of {settings.risk_min_rows:,} rows or more, "
+            f"refused by risk_policy 'deny'; nothing was applied:\n{body}",
+            file=self.findings[0].file, line=self.findings[0].line,
+            remedy="rewrite them the safe way (docs/live-changes.md), or, once reviewed, allow the rule in that "
+                   "file: -- llmemory-db:allow <rule>: <reason>")
+
+
+class ViolationError(MigrationError):
+    """Existing rows make a pending statement fail (a duplicate key for a UNIQUE constraint, a NULL for SET NOT
+    NULL, ...); nothing was applied. The statement is right: the data must change."""
+
+    def __init__(self, findings: Sequence, others: Sequence = ()) -> None:
+        self.findings, self.others = list(findings), list(others)
+        parts = []
+        for f in self.findings:
+            parts.append(f"  {f.file}:{f.line} {f.message}\n    list them: {f.query}\n    then: {f.help}")
+        text = (f"{len(self.findings)} pending statement(s) will fail on rows the live tables hold; nothing was "
+                "applied:\n" + "\n".join(parts))
+        if self.others:
+            text += "\nalso refused by risk_policy 'deny':\n" + "\n".join(f"  {f}" for f in self.others)
+        super().__init__(
+            text, file=self.findings[0].file, line=self.findings[0].line,
+            remedy="the data must change, not the statement: change the rows each query lists (as each 'then:' "
+                   "says), then run again; do not edit an applied or published migration to get past it")

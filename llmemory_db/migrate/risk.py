@@ -15,35 +15,24 @@ rules for that file; it is echoed. squawk itself validates the rule names.
 """
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import psycopg
 
-from . import parser
-from .errors import MigrationFileError, RiskError, SquawkError
+from . import parser, plpgsql
+from . import violation_checks
+from . import violations as violations_mod
+from .errors import RiskError, ViolationError, excerpt
 from .files import Migration
 from .settings import Settings
+from .sizes import human_bytes, human_rows, live_sizes
+from .squawk import allowances, squawk, validate_rules
 
-SQUAWK_VERSION = "2.70.0"
-# squawk rules that are style or that the engine takes care of, off unless a file asks for them by name:
-# integer widths, identity vs serial, varchar vs text, timestamptz, char(n) are style; re-runnable statements are
-# not needed (every transactional file runs whole or not at all); the engine sets lock_timeout for every
-# transactional migration (statement_timeout is the user's choice); BEGIN/COMMIT in a file is already an error.
-STYLE_RULES = ("prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-identity", "prefer-text-field",
-               "prefer-timestamptz", "prefer-timestamp-tz", "ban-char-field", "prefer-robust-stmts",
-               "require-lock-timeout", "require-statement-timeout", "require-timeout-settings",
-               "transaction-nesting")
 RISK_POLICIES = ("warn", "deny")
-ALLOW = re.compile(r"^--\s*llmemory-db:allow\s+(?P<rules>[a-z0-9-]+(?:\s*,\s*[a-z0-9-]+)*)\s*(?::\s*(?P<why>.*))?$",
-                   re.MULTILINE)
+# findings of this module's own (not squawk's): PL/pgSQL it cannot read, and the data preflight
+DYNAMIC_RULES = ("dynamic-sql", "unparsed-plpgsql")
+OWN_RULES = DYNAMIC_RULES + violation_checks.RULES
 
 
 @dataclass
@@ -58,9 +47,21 @@ class Finding:
     rows_estimate: Optional[int] = None  # pg_class.reltuples (None: unknown)
     bytes: Optional[int] = None          # pg_total_relation_size (None: unknown)
     note: str = ""                       # why it is (not) at risk: "created by 002_x.sql in this plan", ...
+    context: str = ""                    # "inside the DO block at line 12" (a statement inside PL/pgSQL)
+    violations: Optional[int] = None     # data preflight: rows (unique: key groups) that make the statement fail
+    examples: Optional[List[dict]] = None  # data preflight: up to 5 of them (their keys)
+    query: Optional[str] = None          # data preflight: the query that lists them all
 
     def __str__(self) -> str:
+        if self.rule in OWN_RULES:
+            text = f"{self.file}:{self.line} {self.rule}: {self.message}"
+            if self.query and self.violations:
+                text += f" List them: {self.query} Then: {self.help}"
+            elif self.query and self.violations is None:  # not checked
+                text += f" Run it yourself: {self.query}"
+            return text if self.severity == "warning" else f"{text} [{self.severity}]"
         where = f" on {self.table} ({self.note})" if self.table else (f" ({self.note})" if self.note else "")
+        where += f" {self.context}:" if self.context else ""
         text = f"{self.file}:{self.line} {self.rule}: {self.statement_kind()}{where} {self.message}"
         if self.help:
             text += f" Help: {self.help}"
@@ -91,91 +92,22 @@ class RiskReport:
     def lines(self) -> List[str]:
         return [str(f) for f in self.findings] + [f"allowed: {a}" for a in self.allowed]
 
+    @property
+    def violations(self) -> List[Finding]:
+        """Errors of the data preflight: statements existing rows will make fail."""
+        return [f for f in self.errors if f.rule in violation_checks.RULES]
+
+    def error(self, settings: Settings) -> Optional[Exception]:
+        """The error refusing this plan, or None: rows that make a statement fail first (whatever the policy),
+        else the deny policy's refusal."""
+        if self.violations:
+            return ViolationError(self.violations, [f for f in self.errors if f not in self.violations])
+        return RiskError(self.errors, settings) if self.errors else None
+
     def raise_for_errors(self, settings: Settings) -> None:
-        if self.errors:
-            raise RiskError(self.errors, settings)
-
-
-# --------------------------------------------------------------------------- squawk
-
-def squawk_binary() -> str:
-    """The squawk executable: beside this interpreter (the venv's bin), else on PATH."""
-    beside = Path(sys.executable).parent / "squawk"
-    found = str(beside) if beside.exists() else shutil.which("squawk")
-    if not found:
-        raise SquawkError("squawk, the linter the risk analysis runs, is not installed",
-                          remedy=f"pip install squawk-cli=={SQUAWK_VERSION} into the environment that runs the "
-                                 "program (the llmemory-db package depends on it: reinstall llmemory-db)")
-    return found
-
-
-def _run_squawk(args: List[str]) -> subprocess.CompletedProcess:
-    binary = squawk_binary()
-    try:
-        return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
-    except OSError as exc:
-        raise SquawkError(f"squawk ({binary}) failed to start: {exc}",
-                          remedy=f"reinstall it: pip install --force-reinstall squawk-cli=={SQUAWK_VERSION}") from None
-
-
-def validate_rules(rules: Iterable[Tuple[str, str, int]]) -> None:
-    """``(rule, file, line)``: squawk itself says which rule names it does not know."""
-    rules = list(rules)
-    if not rules:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = Path(tmp) / "empty.sql"
-        empty.write_text("SELECT 1;\n")
-        result = _run_squawk(["--exclude", ",".join(sorted({r for r, _, _ in rules})), str(empty)])
-        if result.returncode == 2 and "invalid rule name" in result.stderr:
-            bad = result.stderr.split("invalid rule name", 1)[1].split()[0].strip("'\"")
-            for rule, filename, line in rules:
-                if rule == bad:
-                    raise MigrationFileError(
-                        f"{filename}:{line}: unknown squawk rule {rule!r} in an llmemory-db:allow comment",
-                        file=filename, line=line,
-                        remedy="use a rule name from squawk's findings (squawkhq.com/docs/rules), e.g. "
-                               "-- llmemory-db:allow require-concurrent-index-creation: <reason>")
-
-
-def allowances(migration: Migration) -> Dict[str, Tuple[int, str]]:
-    """rule -> (line, reason) of the file's ``-- llmemory-db:allow`` comments."""
-    found: Dict[str, Tuple[int, str]] = {}
-    for match in ALLOW.finditer(migration.sql):
-        line = migration.sql.count("\n", 0, match.start()) + 1
-        for rule in re.split(r"\s*,\s*", match.group("rules")):
-            found[rule] = (line, (match.group("why") or "").strip())
-    return found
-
-
-def squawk(rendered: Dict[str, str], no_transaction: Set[str], pg_version: str = "18.0") -> List[dict]:
-    """squawk's findings on rendered SQL (filename -> text), lines 1-based, style rules off."""
-    if not rendered:
-        return []
-    findings: List[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        groups = {True: [], False: []}
-        for filename, text in rendered.items():
-            path = Path(tmp) / filename
-            path.write_text(text)
-            groups[filename not in no_transaction].append(str(path))
-        for in_transaction, paths in groups.items():
-            if not paths:
-                continue
-            args = ["--reporter", "json", "--pg-version", pg_version, "--exclude", ",".join(STYLE_RULES),
-                    "--no-error-on-unmatched-pattern"] + (["--assume-in-transaction"] if in_transaction else [])
-            result = _run_squawk(args + paths)
-            try:
-                items = json.loads(result.stdout or "[]")
-            except ValueError:
-                raise SquawkError(f"squawk failed (exit {result.returncode}): {result.stderr.strip()[:500]}",
-                                  remedy=f"check the squawk installation: pip install squawk-cli=={SQUAWK_VERSION}"
-                                  ) from None
-            for item in items:
-                item["file"] = Path(item["file"]).name
-                item["line"] = int(item.get("line") or 0) + 1  # squawk counts from 0
-                findings.append(item)
-    return sorted(findings, key=lambda f: (f["file"], f["line"], f["rule_name"]))
+        error = self.error(settings)
+        if error is not None:
+            raise error
 
 
 # --------------------------------------------------------------------------- tables and their live sizes
@@ -197,106 +129,115 @@ def _statement_at(statements: List[Tuple[int, str, dict]], line: int) -> Tuple[s
     return chosen
 
 
-def _parsed(text: str) -> List[Tuple[int, str, dict]]:
-    """(first line, node type, node) of each statement."""
+def _parsed(text: str, parsed: Optional[list] = None) -> List[Tuple[int, str, dict]]:
+    """(first line, node type, node) of each statement (``parsed``: the text's ``parser.parse``, when known)."""
     positions = parser.Positions(text)
     out = []
-    for kind, stmt, start, length in parser.parse(text):
+    for kind, stmt, start, length in (parser.parse(text) if parsed is None else parsed):
         piece = text[start:start + length]
         out.append((positions(start + len(piece) - len(piece.lstrip()))[0], kind, stmt))
     return out
 
 
-_SIZES = """
-SELECT q.schema, q.name, c.oid IS NOT NULL, c.relkind::text, c.reltuples::bigint,
-       CASE WHEN c.oid IS NULL THEN NULL
-            WHEN has_table_privilege(c.oid, 'SELECT') OR pg_has_role(c.relowner, 'USAGE')
-            THEN pg_total_relation_size(c.oid) END,
-       CASE WHEN c.oid IS NULL THEN NULL
-            WHEN has_table_privilege(c.oid, 'SELECT') OR pg_has_role(c.relowner, 'USAGE')
-            THEN pg_relation_size(c.oid) END,
-       (SELECT n2.nspname || '.' || t.relname FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid
-        JOIN pg_namespace n2 ON n2.oid = t.relnamespace WHERE x.indexrelid = c.oid)
-FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS q(schema, name, n)
-LEFT JOIN pg_namespace ns ON ns.nspname = q.schema
-LEFT JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = q.name
-ORDER BY q.n
-"""
-
-
-def live_sizes(conn: psycopg.Connection, tables: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], tuple]:
-    """(schema, name) -> (exists, kind, rows estimate or None, bytes or None, heap bytes or None, table of an
-    index), in one query; sizes are None where this role may not read the table."""
-    if not tables:
-        return {}
-    rows = conn.execute(_SIZES, ([s for s, _ in tables], [n for _, n in tables])).fetchall()
-    return {(schema, name): (exists, kind, None if rows_ is None or rows_ < 0 else rows_, size, heap, owner)
-            for schema, name, exists, kind, rows_, size, heap, owner in rows}
-
-
-def human_rows(rows: Optional[int]) -> str:
-    if rows is None:
-        return "rows not estimated (never analyzed)"
-    for limit, unit in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")):
-        if rows >= limit:
-            return f"~{rows / limit:.1f}{unit} rows".replace(".0", "")
-    return f"~{rows} rows"
-
-
-def human_bytes(size: Optional[int]) -> str:
-    if size is None:
-        return "size unknown"
-    for limit, unit in ((1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "kB")):
-        if size >= limit:
-            return f"{size / limit:.0f} {unit}" if size >= 10 * limit else f"{size / limit:.1f} {unit}"
-    return f"{size} bytes"
-
-
 # --------------------------------------------------------------------------- the analysis
 
+EMBEDDED_SUFFIX = "~plpgsql.sql"  # squawk's file of a migration's statements inside PL/pgSQL
+
+
+def _embedded_sql(embedded: Dict[str, List[plpgsql.Embedded]]
+                  ) -> Tuple[Dict[str, str], Dict[str, Tuple[str, List[Tuple[int, plpgsql.Embedded]]]]]:
+    """One squawk file per migration of the statements inside its PL/pgSQL, and where each starts in it."""
+    texts: Dict[str, str] = {}
+    where: Dict[str, Tuple[str, List[Tuple[int, plpgsql.Embedded]]]] = {}
+    for name, items in embedded.items():
+        parts, index, line = [], [], 1
+        for item in items:
+            if item.dynamic:
+                continue
+            body = item.text.strip().rstrip(";").rstrip()
+            index.append((line, item))
+            parts.append(body + ";\n")
+            line += body.count("\n") + 1
+        if parts:
+            texts[name + EMBEDDED_SUFFIX] = "".join(parts)
+            where[name + EMBEDDED_SUFFIX] = (name, index)
+    return texts, where
+
+
+def _dynamic_finding(name: str, item: plpgsql.Embedded, called: Dict[str, str]) -> Finding:
+    rule = "dynamic-sql" if item.reason.startswith("EXECUTE") else "unparsed-plpgsql"
+    what = f": {excerpt(item.text, 120)}" if item.text else ""
+    return Finding(name, item.line, rule, "info",
+                   f"{_context(item.routine, called)}, {item.reason}{what}; review it by hand",
+                   context=_context(item.routine, called))
+
+
+def _context(routine: plpgsql.Routine, called: Dict[str, str]) -> str:
+    return routine.context(called.get(routine.display, "") if routine.display else "")
+
+
 def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Settings,
-            conn: Optional[psycopg.Connection] = None) -> RiskReport:
-    """The risk of ``pending`` files (in plan order) for ``settings``; ``conn``: read live sizes (else squawk's
-    findings only)."""
+            conn: Optional[psycopg.Connection] = None,
+            on_progress: Optional[Callable[[str], None]] = None) -> RiskReport:
+    """The risk of ``pending`` files (in plan order) for ``settings``; ``conn``: read live sizes and run the
+    data preflight (else squawk's findings only). Statements inside DO blocks and PL/pgSQL functions are
+    analysed like top-level ones; ``on_progress(line)`` is told about each data check as it starts."""
     report = RiskReport()
     files = [m for m in pending if m.filename in rendered]
     if not files:
         return report
     allowed = {m.filename: allowances(m) for m in files}
-    validate_rules((rule, name, line) for name, rules in allowed.items() for rule, (line, _) in rules.items())
+    validate_rules(((rule, name, line) for name, rules in allowed.items() for rule, (line, _) in rules.items()),
+                   OWN_RULES)
     version = "18.0"
     if conn is not None:
         number = conn.info.server_version
         version = f"{number // 10000}.{number % 100 if number >= 100000 else 0}"
-    raw = squawk({m.filename: rendered[m.filename] for m in files},
-                 {m.filename for m in files if m.no_transaction}, version)
     target = settings.schema_name
-    parsed = {m.filename: _parsed(rendered[m.filename]) for m in files}
-    # tables each file creates, for "created earlier in this plan"
+    trees = {m.filename: parser.parse(rendered[m.filename]) for m in files}  # parsed once (a 10 MB file too)
+    embedded = {m.filename: plpgsql.embedded(rendered[m.filename], trees[m.filename], target) for m in files}
+    steps, called = violations_mod.plan_steps([m.filename for m in files], rendered, embedded, target, trees)
+    inner, inner_at = _embedded_sql(embedded)
+    no_transaction = {m.filename for m in files if m.no_transaction}
+    raw = squawk({**{m.filename: rendered[m.filename] for m in files}, **inner},
+                 no_transaction | {name + EMBEDDED_SUFFIX for name in no_transaction}, version)
+    parsed = {m.filename: _parsed(rendered[m.filename], trees[m.filename]) for m in files}
+    # tables each file creates (top level, in a DO block, in a function it calls), for "created earlier in this plan"
     created: Dict[str, str] = {}  # schema.table -> the first pending file that creates it
     order = {m.filename: i for i, m in enumerate(files)}
-    created_in: Dict[str, Dict[str, int]] = {}
-    for m in files:
-        created_in[m.filename] = {}
-        for line, kind, stmt in parsed[m.filename]:
-            if kind == "CreateStmt" and stmt.get("relation"):
-                rel = stmt["relation"]
-                qualified = f"{rel.get('schemaname') or target}.{rel['relname']}"
-                created.setdefault(qualified, m.filename)
-                created_in[m.filename].setdefault(qualified, line)
-    resolved: List[Tuple[dict, Optional[Tuple[str, str]], List[Tuple[str, str]]]] = []
+    created_in: Dict[str, Dict[str, int]] = {m.filename: {} for m in files}
+    indexes: Dict[str, str] = {}  # schema.index -> schema.table, of the indexes the plan builds (for DROP INDEX)
+    for step in steps:
+        if step.kind == "CreateStmt" and step.stmt.get("relation"):
+            rel = step.stmt["relation"]
+            qualified = f"{rel.get('schemaname') or target}.{rel['relname']}"
+            created.setdefault(qualified, step.file)
+            created_in[step.file].setdefault(qualified, step.line)
+        elif step.kind == "IndexStmt" and step.stmt.get("idxname") and step.stmt.get("relation"):
+            rel = step.stmt["relation"]
+            schema = rel.get("schemaname") or target
+            indexes.setdefault(f"{schema}.{step.stmt['idxname']}", f"{schema}.{rel['relname']}")
+    resolved: List[Tuple[dict, Optional[Tuple[str, str]], List[Tuple[str, str]], Optional[plpgsql.Embedded]]] = []
     lookups: List[Tuple[str, str]] = []
     for item in raw:
-        kind, stmt = _statement_at(parsed[item["file"]], item["line"])
+        origin = None
+        if item["file"] in inner_at:  # a statement inside PL/pgSQL: back to its file and line
+            name, index = inner_at[item["file"]]
+            start, origin = [(s, e) for s, e in index if s <= item["line"]][-1]
+            relative = item["line"] - start + 1
+            kind, stmt = _statement_at(_parsed(origin.text.strip()), relative)
+            item = dict(item, file=name, line=origin.line + (0 if origin.constant else relative - 1))
+        else:
+            kind, stmt = _statement_at(parsed[item["file"]], item["line"])
         relations = _relations(kind, stmt)
         candidates = []
         if relations:
             schema, name = relations[0]
             candidates = [(schema, name)] if schema else [(target, name), ("public", name)]
             lookups.extend(c for c in candidates if c not in lookups)
-        resolved.append((item, relations[0] if relations else None, candidates))
+        resolved.append((item, relations[0] if relations else None, candidates, origin))
     sizes = live_sizes(conn, lookups) if conn is not None else {}
-    for item, relation, candidates in resolved:
+    for item, relation, candidates, origin in resolved:
         rule = item["rule_name"]
         if rule in allowed[item["file"]]:
             continue
@@ -311,6 +252,8 @@ def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Se
                 live = live_sizes(conn, [(schema, name)]).get((schema, name)) if conn is not None else None
             elif live is not None:
                 qualified = next(f"{s}.{n}" for s, n in candidates if sizes.get((s, n), (False,))[0])
+            elif qualified in indexes:  # an index this plan builds: the table it is on
+                qualified = indexes[qualified]
             finding.table = qualified
             made_here = created_in[item["file"]].get(qualified)
             made_before = created.get(qualified)
@@ -332,7 +275,22 @@ def analyze(pending: Sequence[Migration], rendered: Dict[str, str], settings: Se
                     at_risk = size is None or rows is None or rows >= settings.risk_min_rows
                     if settings.risk_policy == "deny" and at_risk:
                         finding.severity = "error"
+        if origin is not None:
+            finding.context = _context(origin.routine, called)
+            if not origin.routine.runs_at_apply and origin.routine.display not in called:
+                finding.severity = "info"  # a function body runs when called: this plan does not call it
+                finding.note = "; ".join(n for n in (finding.note, "not run by this plan") if n)
         report.findings.append(finding)
+    for m in files:
+        for item in embedded[m.filename]:
+            if item.dynamic:
+                finding = _dynamic_finding(m.filename, item, called)
+                if finding.rule not in allowed[m.filename]:
+                    report.findings.append(finding)
+    if conn is not None and settings.preflight_timeout:
+        report.findings.extend(Finding(**found) for found in violations_mod.preflight(
+            conn, steps, target, settings.preflight_timeout, on_progress))
+    report.findings.sort(key=lambda f: (order[f.file], f.line, f.rule))
     for name, rules in allowed.items():
         for rule, (line, why) in sorted(rules.items()):
             report.allowed.append(f"{name}:{line} allows {rule}" + (f": {why}" if why else ""))

@@ -82,6 +82,11 @@ class Settings:
     risk_min_rows: int = field(default=100_000, metadata=_meta(
         "with risk_policy deny: the estimated rows from which a risky statement is refused (a table of unknown "
         "size counts as large)", "--risk-min-rows", "riskMinRows"))
+    preflight_timeout: float = field(default=2.0, metadata=_meta(
+        "seconds each data check of the preflight may read a live table (READ ONLY) for the rows that would make a "
+        "pending statement fail: duplicates for a UNIQUE constraint, NULLs for SET NOT NULL, ...; a bigger table "
+        "or a slower check is skipped with a note; 0 = no data checks", "--preflight-timeout", None,
+        internal=True))
     pool_mode: str = field(default="auto", metadata=_meta(
         "the endpoint: auto (detect a pooler: no-transaction files are refused through one), session or "
         "transaction", "--pool-mode", "poolMode", choices=POOL_MODES))
@@ -152,7 +157,8 @@ class Settings:
         if isinstance(self.risk_min_rows, bool) or not isinstance(self.risk_min_rows, int) or self.risk_min_rows < 0:
             raise SettingError(f"Invalid value {self.risk_min_rows!r} for {setting('risk_min_rows')}: a whole number "
                                "of rows >= 0 is required", setting="risk_min_rows", remedy="for example 100000")
-        for name in ("lock_wait_timeout", "lock_timeout", "statement_timeout", "lock_retry_timeout"):
+        for name in ("lock_wait_timeout", "lock_timeout", "statement_timeout", "lock_retry_timeout",
+                     "preflight_timeout"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise SettingError(f"Invalid value {value!r} for {setting(name)}: a number of seconds >= 0 is "

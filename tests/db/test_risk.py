@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from llmemory_db import migrate
-from llmemory_db.migrate import MigrationError, RiskError, Settings, load, risk
+from llmemory_db.migrate import MigrationError, RiskError, Settings, load, risk, squawk
 from tests.helpers import db as dbs
 from tests.helpers import write
 
@@ -106,16 +106,16 @@ def test_a_table_the_role_may_not_read_has_size_unknown_and_no_crash(db, docs, p
 
 def test_squawk_missing_or_not_starting_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
-    monkeypatch.setattr(risk.shutil, "which", lambda name: None)
+    monkeypatch.setattr(squawk.shutil, "which", lambda name: None)
     with pytest.raises(MigrationError) as info:
-        risk.squawk({"001_a.sql": "SELECT 1;"}, set())
+        squawk.squawk({"001_a.sql": "SELECT 1;"}, set())
     assert "squawk, the linter the risk analysis runs, is not installed" in str(info.value)
     assert "pip install squawk-cli==2.70.0" in str(info.value)
     broken = write(tmp_path / "bin", {"squawk": "not a program"})
-    monkeypatch.setattr(risk.shutil, "which", lambda name: str(broken / "squawk"))
+    monkeypatch.setattr(squawk.shutil, "which", lambda name: str(broken / "squawk"))
     (broken / "squawk").chmod(0o644)
     with pytest.raises(MigrationError) as info:
-        risk.squawk({"001_a.sql": "SELECT 1;"}, set())
+        squawk.squawk({"001_a.sql": "SELECT 1;"}, set())
     assert "failed to start" in str(info.value) and "--force-reinstall squawk-cli" in str(info.value)
 
 
