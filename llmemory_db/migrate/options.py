@@ -49,6 +49,8 @@ def from_config(cls: type, get: Callable[[str], Optional[str]]) -> Dict[str, Any
         if raw is None:
             continue
         values[f.name] = _parse_config(f, key, raw)
+    if values.get("accept_edits") == ():  # Pulumi.yaml's default: the setting's own (by where the files come from)
+        del values["accept_edits"]
     return values
 
 
