@@ -23,6 +23,7 @@ from .migrate.connection import ConnectionSettings
 from .migrate.errors import ConnectionFailedError, MigrationError
 from .migrate.events import Event
 from .migrate.extensions import check_extensions
+from .migrate.spelling import spell
 from .migrate.fleet_settings import Tenant
 from .props import (CONNECTION, DEFAULTS, FLEET_TRACKED, HISTORY, PLACE, TRACKED, fleet_of, inputs_of, local,
                     managed_of, resource_id, same, settings_of)
@@ -32,8 +33,9 @@ clean_errors()  # imported by the dynamic-provider host when it loads a pickled 
 
 
 class _Adapter(ResourceProvider):
-    def say(self, where: str, event: Event) -> None:
-        event = dataclasses.replace(event, text=f"{where}: {event.text}")
+    def say(self, where: str, event: Event, props: Dict[str, Any]) -> None:
+        """Print an event (or give it to the package's sink), its settings named as the caller of ``props`` does."""
+        event = dataclasses.replace(event, text=spell(f"{where}: {event.text}", props.get("spelling") or "python"))
         sink = getattr(local, "sink", None)
         if sink is not None:
             return sink(event)
@@ -42,8 +44,8 @@ class _Adapter(ResourceProvider):
             printed.add(str(event))
             print(str(event), flush=True)
 
-    def sink(self, where: str) -> Callable[[Event], None]:
-        return lambda event: self.say(where, event)
+    def sink(self, where: str, props: Dict[str, Any]) -> Callable[[Event], None]:
+        return lambda event: self.say(where, event, props)
 
     @staticmethod
     def fail(error: MigrationError, props: Dict[str, Any]) -> ProviderError:
@@ -102,7 +104,7 @@ class MigrationsProvider(_Adapter):
             conn = self.live(news)
             with conn or contextlib.nullcontext():
                 result = ops.preflight(settings, conn=conn, recorded=(olds.get("checksums") or {}) if history else {},
-                                       known=history and olds.get("objects") is not None, on_event=self.sink(where))
+                                       known=history and bool(olds.get("checksums")), on_event=self.sink(where, news))
         except MigrationError as exc:
             return CheckResult(news, [CheckFailure("migrations", self.fail(exc, news).args[0])])
         return CheckResult(news, [CheckFailure("migrations", self.fail(e, news).args[0]) for e in result.failures])
@@ -119,7 +121,7 @@ class MigrationsProvider(_Adapter):
             lines += ops.pending_lines(olds.get("checksums") or {}, news.get("checksums") or {},
                                        same(olds, news, HISTORY))
         for line in lines:
-            self.say(where, Event("plan", line))
+            self.say(where, Event("plan", line), news)
         return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
 
     def _still_drifted(self, olds: Dict[str, Any]) -> List[str]:
@@ -138,7 +140,7 @@ class MigrationsProvider(_Adapter):
         with self.engine(props), ConnectionSettings.from_props(props).connect() as conn:
             result = ops.apply(conn, settings_of(props), managed=managed_of(props), recorded_objects=recorded,
                                covered=(olds or {}).get("applied") or [], known=recorded is not None,
-                               on_event=self.sink(where))
+                               on_event=self.sink(where, props))
         expected = props.get("checksums") or {}
         if expected and expected != result.checksums:
             changed = sorted({n for n, _ in set(expected.items()) ^ set(result.checksums.items())})
@@ -173,7 +175,7 @@ class MigrationsProvider(_Adapter):
         connection = ConnectionSettings.from_props(props)
         with self.engine(props):
             event = ops.destroy(settings_of(props), managed_of(props), connection.connect)
-        self.say("migrations", event)
+        self.say("migrations", event, props)
 
 
 # --------------------------------------------------------------------------- fleets (MigratedTenants)
@@ -188,7 +190,7 @@ class FleetProvider(_Adapter):
             old = olds.get("checksums") or {}
             edited = history and any(old.get(n, s) != s for n, s in (news.get("checksums") or {}).items())
             failures = fleet_ops.preflight(fleet, tenants, (olds.get("checksums") or {}) if history else {},
-                                           self.sink(f"tenants {news.get('module_name')}"),
+                                           self.sink(f"tenants {news.get('module_name')}", news),
                                            connect if edited else None)
         except MigrationError as exc:
             return CheckResult(news, [CheckFailure("tenants", self.fail(exc, news).args[0])])
@@ -201,14 +203,15 @@ class FleetProvider(_Adapter):
         with self.engine(news):
             changed, lines = fleet_ops.diff(olds, news, keys, changed)
         for line in lines:
-            self.say(where, Event("plan", line))
+            self.say(where, Event("plan", line), news)
         return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)
 
     def _apply(self, props: Dict[str, Any], olds: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         watch_engine()
         fleet, tenants, connect = fleet_of(props)
         with self.engine(props):
-            done = fleet_ops.apply(fleet, tenants, connect, olds, self.sink(f"tenants {fleet.base.module_name}"))
+            done = fleet_ops.apply(fleet, tenants, connect, olds,
+                                   self.sink(f"tenants {fleet.base.module_name}", props))
         return dict(props, tenants=done.statuses, summary=done.result.summary(), failed=done.failed,
                     applied=sorted(done.result.checksums), objects=done.objects, fingerprint=done.fingerprint,
                     drift={})
@@ -230,4 +233,4 @@ class FleetProvider(_Adapter):
         fleet, tenants, connect = fleet_of(props)
         with self.engine(props):
             event = fleet_ops.destroy(fleet, tenants, connect)
-        self.say("tenants", event)
+        self.say("tenants", event, props)

@@ -145,7 +145,9 @@ def main(argv=None) -> int:
         log(f"drift detected in stack {args.stack} (or the preview failed): see above" if code
             else f"no drift in stack {args.stack}")
     elif args.command == "destroy":
-        code = run(lambda: stack.destroy(on_output=echo, on_error=echo_error))
+        # --run-program: the providers take the stack's current config (a password changed since the last
+        # successful up), not the one the state recorded then
+        code = run(lambda: stack.destroy(run_program=True, on_output=echo, on_error=echo_error))
     else:  # recover
         # after a `pulumi up` that was killed: its lock, then its pending operations. Safe for the migrations:
         # each one committed whole or not at all, and the next up applies whatever is not recorded.

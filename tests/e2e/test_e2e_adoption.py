@@ -37,7 +37,7 @@ def test_a_schema_made_by_psql_is_refused_then_baselined(pg_server, bare_db, tmp
     stack = h.stack(project, tmp_path / "backend", pg_server, bare_db.name, config={"args": json.dumps(LLMEMORY)})
     changes, text = preview(stack)
     assert changes is None and "Schema llmemory already holds" in text and "table llmemory.documents" in text
-    assert "baseline VERSION" in text and "Traceback" not in text
+    assert "baseline='VERSION'" in text and "Traceback" not in text  # the Python argument
 
     stack.set_config("args", auto.ConfigValue(json.dumps({**LLMEMORY, "baseline": "002"})))
     changes, text = preview(stack)

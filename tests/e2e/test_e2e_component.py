@@ -140,7 +140,7 @@ def test_lifecycle_schema_mode(env):
 
 def test_bad_inputs_fail_at_preview_and_apply_nothing(env):
     cases = [
-        ({"name": "db", "schema": "bad-schema"}, None, "Invalid schema"),
+        ({"name": "db", "schema": "bad-schema"}, None, "Invalid value 'bad-schema' for schema"),
         ({"name": "db", "schema": "s1", "migrations_dir": "nowhere"}, None, "nowhere does not exist"),
         ({"name": "db", "schema": "s1"}, ("004_bad.sql", "CREATE TABLE {{tables.x}} (id int);\nSELEC 1;\n"),
          "004_bad.sql:2:1: error: syntax error"),

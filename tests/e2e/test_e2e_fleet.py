@@ -122,7 +122,7 @@ def test_a_failed_tenant_is_recorded_and_retried_alone(fleet):
     (["t0", "bad-name"], {}, "Invalid tenant schema ('bad-name')"),
     (["t0", "t0"], {}, "Tenants listed more than once: t0"),
     (["t0"], {"fleets": [["one", ["t0", "t1"]], ["two", ["t1"]]]}, "both claim tenant t1's history"),
-    (["t0"], {"max_parallel": 0}, "Invalid max_parallel 0"),
+    (["t0"], {"max_parallel": 0}, "Invalid value 0 for max_parallel"),
 ])
 def test_bad_fleets_fail_the_preview_naming_them(fleet, tenants, args, message):
     fleet.tenants(tenants, **args)

@@ -59,4 +59,4 @@ def test_preview_names_risky_statements_with_live_sizes_and_deny_refuses_them(pg
 
     stack.set_config("policy", auto.ConfigValue("sometimes"))
     changes, text = preview(stack)
-    assert changes is None and "Invalid risk_policy 'sometimes': use warn or deny" in text
+    assert changes is None and "Invalid value 'sometimes' for risk_policy: use one of warn, deny" in text

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from llmemory_db.migrate import MigrationError, Settings
+from llmemory_db.migrate import MigrationError, Settings, options
 from llmemory_db.migrate.cli import COMMANDS, _parser
 from llmemory_db.migrate.executor import settings_sql
 
@@ -93,6 +93,9 @@ def test_one_default_per_setting():
     for key, spec in project.items():
         # defaults that depend on other settings (a package's folder, module and history) are resolved by Settings
         assert not (key in ("migrationsDir", "moduleName", "historyTable") and spec.get("default")), key
+        if key == "acceptEdits":  # [] declares no value: the setting's own default, which depends on the source
+            assert spec["default"] == [] and "accept_edits" not in options.from_config(Settings, {key: "[]"}.get)
+            continue
         if key in keys and key != "schema" and spec.get("default") not in (None, ""):
             default = defaults[keys[key]]
             declared = spec["default"]
