@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from . import drift, edits, ops, proof, risk
-from .errors import MigrationError, SchemaDriftError
+from .errors import EditedFileError, MigrationError, SchemaDriftError
 from .events import Event, Sink, ignore
 from .files import load
 from .fleet import FleetResult, apply_fleet
@@ -70,9 +70,9 @@ def judge_edits(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connec
                 record: bool = False) -> List[MigrationError]:
     """Edited applied files in a fleet: proven once per distinct tenant schema (tenants whose fingerprints and
     edits are alike share one proof, on one of them), not per tenant; ``record``: record the accepted edits in
-    every tenant's history (with its audit row). Returns the refusals, each naming its tenants."""
+    every tenant's history (with its audit row). Returns the refusal (one, naming every group), if any."""
     files = load(fleet.base.migrations_dir)
-    refusals: List[MigrationError] = []
+    refused: List[Tuple[str, EditedFileError]] = []
     for database, group in by_database(tenants).items():
         with connect(database) as conn:
             states = read_fleet(conn, fleet, group, [])
@@ -91,15 +91,23 @@ def judge_edits(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connec
                                           lambda e: on_event(Event(e.kind, f"{len(members)} tenant(s) ({names}): "
                                                                            f"{e.text}", e.severity, e.file)))
                 if verdict.error is not None:
-                    verdict.error.message += f"\n  tenants: {names}"
-                    refusals.append(verdict.error)
+                    refused.append((f"{len(members)} tenant(s) ({names})", verdict.error))
                 elif record and verdict.proof is not None:
                     for tenant in members:
                         own = dataclasses.replace(verdict.proof, edited=proof.edited_files(
                             files, states[tenant.schema].recorded))
                         edits.record(conn, fleet.for_tenant(tenant), own)
                     on_event(Event("edit", f"recorded the verified edit in {len(members)} tenant(s) ({names})"))
-    return refusals
+    if not refused:
+        return []
+    first = refused[0][1]
+    files_edited: Dict[str, tuple] = {}  # one line per edited file, whatever each tenant recorded
+    for _, error in refused:
+        for mismatch in error.mismatches:
+            files_edited.setdefault(mismatch[0], mismatch)
+    verdicts = "\n  ".join(f"{who}: {error.message.rsplit(chr(10) + '  ', 1)[-1]}" for who, error in refused)
+    return [EditedFileError(sorted(files_edited.values()), fleet.base.module_name,
+                            f"{fleet.history_template} of every tenant", verdicts, remedy=first.remedy)]
 
 
 def _tenant_files(status: Mapping[str, Any], applied: Sequence[str]) -> List[str]:

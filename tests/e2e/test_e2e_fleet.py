@@ -96,7 +96,27 @@ def test_fleet_lifecycle(fleet):
     path = fleet.project / "migrations" / "002_tags.sql"
     path.write_text(path.read_text() + "-- edited\n")
     changes, text = fleet.preview()
-    assert changes is None and text.count("002_tags.sql has been modified after being applied") == 1
+    # one refusal for the fleet (Pulumi shows a check failure's first line twice: as it happens, and in full
+    # below), with one proof per distinct tenant schema, not per tenant
+    assert changes is None and text.count("recorded checksum: ") == 1
+    assert "5 tenant(s) (t0, t1, t3, acme, globex): proof: no difference in the schema" in text
+    assert "1 tenant(s) (t2): proof: the schema differs: column t2.docs.sneaky: added" in text
+    assert "accept_edits=['002_tags.sql']" in text and "Traceback" not in text
+
+    # the drift undone and the edit accepted: one up records the new checksum in every tenant's history, with an
+    # audit row each, and the next preview is clean
+    fleet.db.sql("ALTER TABLE t2.docs DROP COLUMN sneaky")
+    fleet.tenants([f"t{i}" for i in range(4)] + ["acme", "globex"], accept_edits=["002_tags.sql"])
+    result, text = fleet.up()
+    assert result is not None, text
+    assert "recorded the verified edit in 6 tenant(s)" in text
+    new = [r[1] for r in fleet.db.history("t0.schema_migrations", "memory")][1]
+    assert all([r[1] for r in fleet.db.history(f"{t}.schema_migrations", "memory")][1] == new
+               for t in ("t1", "t2", "t3", "acme", "globex"))
+    assert fleet.db.sql("SELECT filename, reason FROM t2.schema_migrations_edits") == [
+        ("002_tags.sql", "proof: no difference in the schema")]
+    changes, text = fleet.preview()
+    assert changes == {}, text
 
 
 def test_a_failed_tenant_is_recorded_and_retried_alone(fleet):
