@@ -21,7 +21,7 @@ from pulumi.runtime.rpc import UNKNOWN
 from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider,
                             UpdateResult)
 
-from . import migrate
+from . import compat, migrate
 from .migrate import drift as drift_mod
 from .migrate.errors import MigrationError
 from .migrate.objects import ManagedObjects
@@ -129,7 +129,10 @@ class ExtensionCheckProvider(ResourceProvider):
         return CreateResult(id_=f"{props.get('database')}/{props['extension']}", outs=self._check(props))
 
     def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
-        return DiffResult(changes=not same(olds, news, CONNECTION + ("extension",)))
+        renamed = compat.pickled_before_rename(olds)
+        if renamed:
+            print(compat.rename_note(f"extension check {olds.get('extension')}"))
+        return DiffResult(changes=renamed or not same(olds, news, CONNECTION + ("extension",)))
 
     def update(self, _id: str, _olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs=self._check(news))
@@ -247,6 +250,9 @@ class MigrationsProvider(ResourceProvider):
             changed, lines = diff_migrations(olds, news)
         except MigrationError as exc:
             raise fail(exc) from None
+        if compat.pickled_before_rename(olds):
+            changed.append("__provider")
+            lines.append(compat.rename_note(f"migrations {resource_id(news)}"))
         for line in lines:
             print(line)
         return DiffResult(changes=bool(changed), replaces=[], stables=[], delete_before_replace=False)

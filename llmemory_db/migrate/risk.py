@@ -118,8 +118,9 @@ def squawk_binary() -> str:
     found = str(beside) if beside.exists() else shutil.which("squawk")
     if not found:
         raise MigrationError("squawk, the linter the risk analysis runs, is not installed",
-                             remedy=f"pip install squawk-cli=={SQUAWK_VERSION} (it is in requirements.txt; "
-                                    "make venv installs it)")
+                             remedy=f"pip install squawk-cli=={SQUAWK_VERSION} into the environment that runs "
+                                    "llmemory-db (a dependency of the llmemory-db package: installing the package "
+                                    "brings it)")
     return found
 
 
