@@ -181,7 +181,11 @@ def clean_env(venv_dir: Path) -> Dict[str, str]:
     path = [p for p in os.environ.get("PATH", "").split(os.pathsep)
             if p and not Path(p).resolve().is_relative_to(ROOT)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(PATH=os.pathsep.join([str(h.toolchain_bin()), str(venv_dir / "bin")] + path),
+    try:
+        first = [str(h.toolchain_bin())]
+    except RuntimeError:  # no Pulumi CLI: fine for what needs none (pip, the packaging checks)
+        first = []
+    env.update(PATH=os.pathsep.join(first + [str(venv_dir / "bin")] + path),
                VIRTUAL_ENV=str(venv_dir), PIP_DISABLE_PIP_VERSION_CHECK="1")
     return env
 
