@@ -7,6 +7,8 @@ VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 # the real llmemory application for the end-to-end test, in a venv of its own (no torch, no network)
 APP_VENV := $(STATE)/llmemory-app-venv
+# the release before, llmemory 0.4.0, for the upgrade test: the same dependencies, its own venv
+APP_VENV_040 := $(STATE)/llmemory-app-0.4.0-venv
 STACK ?= dev
 export PULUMI_BACKEND_URL ?= file://$(STATE)/pulumi
 export PULUMI_SKIP_UPDATE_CHECK := true
@@ -18,7 +20,7 @@ ifneq ($(filter $(STACK),dev llmemory),)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv app-venv toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-fleet bench-yaml clean
+.PHONY: help venv app-venv app-venv-0.4.0 toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-fleet bench-yaml clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
@@ -50,6 +52,14 @@ $(APP_VENV)/.installed: tests/llmemory_app/requirements.txt requirements-nodeps.
 	@$(APP_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	@touch $@
 app-venv: $(APP_VENV)/.installed
+
+$(APP_VENV_040)/.installed: tests/llmemory_app/requirements.txt tests/llmemory_app/requirements-0.4.0.txt
+	@echo "[app-venv-0.4.0] llmemory 0.4.0, the release before (for the upgrade test), in .state/llmemory-app-0.4.0-venv"
+	@test -x $(APP_VENV_040)/bin/python || python3 -m venv $(APP_VENV_040)
+	@$(APP_VENV_040)/bin/python -m pip install -q --disable-pip-version-check -r tests/llmemory_app/requirements.txt
+	@$(APP_VENV_040)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r tests/llmemory_app/requirements-0.4.0.txt
+	@touch $@
+app-venv-0.4.0: $(APP_VENV_040)/.installed
 
 # Pulumi CLI + Python language host + postgresql plugin: from PATH, or built once into ~/.cache
 # (instant when the cache is there; prints progress and timing when it builds)
@@ -93,7 +103,7 @@ pgbouncer:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null; } || \
 	  { echo "error: could not install pgbouncer: apt-get install pgbouncer, then run make test again"; exit 1; }; }
 
-test: venv toolchain pgbouncer app-venv
+test: venv toolchain pgbouncer app-venv app-venv-0.4.0
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 # the fast tiers: unit (no database) and db (PostgreSQL, no Pulumi CLI)
 test-fast: venv

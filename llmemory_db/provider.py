@@ -18,6 +18,7 @@ from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult,
                             UpdateResult)
 from pulumi.runtime.rpc import UNKNOWN
 
+from . import compat
 from .migrate import drift, fleet_ops, ops
 from .migrate.connection import ConnectionSettings
 from .migrate.errors import ConnectionFailedError, MigrationError
@@ -84,7 +85,10 @@ class ExtensionCheckProvider(_Adapter):
         return CreateResult(id_=f"{props.get('database')}/{props['extension']}", outs=self._check(props))
 
     def diff(self, _id: str, olds: Dict[str, Any], news: Dict[str, Any]) -> DiffResult:
-        return DiffResult(changes=not same(olds, news, CONNECTION + ("extension",)))
+        renamed = compat.pickled_before_rename(olds)
+        if renamed:
+            self.say(f"extension check {olds.get('extension')}", compat.rename_note(), news)
+        return DiffResult(changes=renamed or not same(olds, news, CONNECTION + ("extension",)))
 
     def update(self, _id: str, _olds: Dict[str, Any], news: Dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs=self._check(news))
@@ -117,6 +121,9 @@ class MigrationsProvider(_Adapter):
         if olds.get("interrupted"):  # found by a refresh; the update refuses to go on and says what to do
             lines.append("interrupted:\n  " + "\n  ".join(olds["interrupted"]))
         changed += ["drift"] * bool(recorded_drift) + ["interrupted"] * bool(olds.get("interrupted"))
+        if compat.pickled_before_rename(olds):  # a stack of 0.1: this update rewrites its provider's path
+            changed.append("__provider")
+            self.say(where, compat.rename_note(), news)
         if changed:
             lines += ops.pending_lines(olds.get("checksums") or {}, news.get("checksums") or {},
                                        same(olds, news, HISTORY))

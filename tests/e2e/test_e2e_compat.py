@@ -1,6 +1,7 @@
 """The import name, with the real CLI: a project with its own `components/` package uses llmemory_db, and a stack
-whose provider was pickled as `components.provider.MigrationsProvider` (written before the rename) still
-refreshes and destroys."""
+whose provider was pickled as `components.provider.MigrationsProvider` (written before the rename) refreshes and
+destroys: with the old module in the project folder (this repository's own `components/`, or the README's one-line
+shim), and without it once one `pulumi up` rewrote the reference (llmemory_db/compat.py)."""
 import base64
 import json
 import os
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from pulumi import automation as auto
 
 from tests.helpers import stacks as h
 
@@ -48,9 +50,9 @@ class MigrationsProvider(Current):
 MigrationsProvider.__module__ = "components.provider"
 old = types.ModuleType("components.provider")
 old.MigrationsProvider = MigrationsProvider
-sys.modules["components.provider"] = old
-import components  # noqa: E402  (the compatibility package; its provider module as it was before the rename)
-components.provider = old
+package = types.ModuleType("components")  # the 0.1 package, as it was before the rename
+package.__path__, package.provider = [], old
+sys.modules["components"], sys.modules["components.provider"] = package, old
 llmemory_db.migrations.MigrationsProvider = MigrationsProvider
 m = Migrations("m", MigrationsArgs(migrations_dir="migrations", drop_on_destroy=True))
 pulumi.export("applied", m.applied)
@@ -76,9 +78,24 @@ def pickled_provider(project, env):
     return base64.b64decode(json.loads(provider["plaintext"]) if isinstance(provider, dict) else provider)
 
 
+# the README's Troubleshooting entry: the old module path, in the project folder
+SHIM = "from llmemory_db.provider import ExtensionCheckProvider, MigrationsProvider  # noqa: F401\n"
+
+
 def test_stack_pickled_as_components_provider_refreshes_and_destroys(pg_server, bare_db, tmp_path):
+    from llmemory_db.migrate.files import checksum
     files = {"001_a.sql": "CREATE TABLE a (id int);\n"}
     project = h.write_project(tmp_path / "proj", OLD_PROGRAM, files)
+
+    def shim(present):  # the old module in the project folder (as this repository's components/ is for its stacks)
+        if present:
+            (project / "components").mkdir()
+            (project / "components" / "__init__.py").write_text("")
+            (project / "components" / "provider.py").write_text(SHIM)
+        else:
+            shutil.rmtree(project / "components")
+
+    shim(True)  # 0.1's world: the providers load components.provider
     stack = h.stack(project, tmp_path / "backend", pg_server, bare_db.name)
     env = {**os.environ, **h.pulumi_env(tmp_path / "backend")}
     stack.up(on_output=lambda _: None)
@@ -86,11 +103,27 @@ def test_stack_pickled_as_components_provider_refreshes_and_destroys(pg_server, 
     assert b"components.provider" in blob and b"llmemory_db.provider" not in blob
     (project / "__main__.py").write_text(NEW_PROGRAM)  # the code as it is now; the state keeps the old reference
     bare_db.sql("DELETE FROM public.schema_migrations")  # history drift, so that read() has something to find
-    lines = []
-    stack.refresh(on_output=lines.append)  # read() runs the provider pickled in the state
+    shim(False)  # no `components` anywhere (the wheel ships none): the pickled provider cannot load
+    with pytest.raises(auto.errors.CommandError, match="No module named 'components'"):
+        stack.refresh(on_output=lambda _: None)
+    shim(True)  # the README's Troubleshooting fix
+    stack.refresh(on_output=lambda _: None)  # read() runs the provider pickled in the state
     assert resource_outputs(project, env)["applied"] == []  # the live history, read by the old provider
-    bare_db.sql("INSERT INTO public.schema_migrations (filename, checksum, module_name) "
-                "VALUES ('001_a.sql', 'x', 'aword_memory')")
+    bare_db.sql("INSERT INTO public.schema_migrations (filename, checksum, module_name) VALUES (%s, %s, %s)",
+                "001_a.sql", checksum(files["001_a.sql"]), "aword_memory")
+    stack.refresh(on_output=lambda _: None)
+    shim(False)
+    # one `up` (it never loads the pickled provider) rewrites the reference
+    lines = []
+    preview = stack.preview(on_output=lines.append)
+    assert h.changes(preview) == {"update": 1}
+    assert "rewrites it to llmemory_db.provider" in "\n".join(lines)
+    stack.up(on_output=lambda _: None)
+    blob = pickled_provider(project, env)
+    assert b"llmemory_db.provider" in blob and b"components.provider" not in blob
+    assert h.changes(stack.preview(on_output=lambda _: None)) == {}
+    lines = []
+    stack.refresh(on_output=lines.append)  # no components/ in the project any more
     stack.destroy(on_output=lines.append)  # delete() too: drop_on_destroy forgets the history
     assert bare_db.history() == []
     assert "kept the tables" not in "\n".join(lines) and "forgot the history" in "\n".join(lines)
