@@ -133,6 +133,10 @@ class Migrations(Resource):
             checksums={m.filename: m.checksum for m in files},
             host=conn.host, port=conn.port, username=conn.username, password=conn.password,
             database=conn.database, sslmode=conn.sslmode, sslrootcert=conn.sslrootcert,
+            # the connection fields the program left to the stack's postgresql: config: refresh and destroy take
+            # them from the config of the run (a rotated password), not from what the last update recorded
+            from_config=[f.name for f in dataclasses.fields(ConnectionArgs) if getattr(args.connection or
+                                                                                    ConnectionArgs(), f.name) is None],
             managed=dataclasses.asdict(managed), package_version=settings.package.describe() if settings.package
             else None, schema_name=None, applied=None, pending=None, missing=None, objects=None, fingerprint=None,
             drift=None)

@@ -11,69 +11,25 @@ was renamed hold ``components.provider.MigrationsProvider``): keep this module p
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider,
-                            UpdateResult)
-from pulumi.runtime.rpc import UNKNOWN
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
 from . import compat
 from .migrate import drift, fleet_ops, ops
 from .migrate.connection import ConnectionSettings
-from .migrate.errors import ConnectionFailedError, MigrationError
+from .migrate.errors import MigrationError
 from .migrate.events import Event
 from .migrate.extensions import check_extensions
-from .migrate.spelling import spell
 from .migrate.fleet_settings import Tenant
-from .props import (CONNECTION, DEFAULTS, FLEET_TRACKED, HISTORY, PLACE, TRACKED, fleet_of, inputs_of, local,
-                    managed_of, resource_id, same, settings_of)
-from .provider_host import ProviderError, clean_errors, watch_engine
+from .props import (CONNECTION, DEFAULTS, FLEET_TRACKED, HISTORY, PLACE, TRACKED, fleet_of, inputs_of, managed_of,
+                    resource_id, same, settings_of)
+from .provider_host import Adapter, ProviderError, clean_errors, watch_engine
 
 clean_errors()  # imported by the dynamic-provider host when it loads a pickled provider: before any method runs
 
 
-class _Adapter(ResourceProvider):
-    def say(self, where: str, event: Event, props: Dict[str, Any]) -> None:
-        """Print an event (or give it to the package's sink), its settings named as the caller of ``props`` does."""
-        event = dataclasses.replace(event, text=spell(f"{where}: {event.text}", props.get("spelling") or "python"))
-        sink = getattr(local, "sink", None)
-        if sink is not None:
-            return sink(event)
-        printed = self.__dict__.setdefault("_printed", set())  # once per process (a preview may diff twice)
-        if str(event) not in printed:
-            printed.add(str(event))
-            print(str(event), flush=True)
-
-    def sink(self, where: str, props: Dict[str, Any]) -> Callable[[Event], None]:
-        return lambda event: self.say(where, event, props)
-
-    @staticmethod
-    def fail(error: MigrationError, props: Dict[str, Any]) -> ProviderError:
-        """The engine's message, with the settings named as the caller names them."""
-        return ProviderError(error.render(props.get("spelling") or "python"))
-
-    @contextlib.contextmanager
-    def engine(self, props: Dict[str, Any]):
-        """Run engine code: its typed errors become ProviderErrors (shown without a traceback)."""
-        try:
-            yield
-        except MigrationError as exc:
-            raise self.fail(exc, props) from None
-
-    @staticmethod
-    def live(props: Dict[str, Any]):
-        """A connection for what only the live database can tell at preview, or None when its settings are not
-        known yet (computed by another resource) or it does not answer (not created yet)."""
-        if any(props.get(key) == UNKNOWN for key in CONNECTION):
-            return None
-        try:
-            return ConnectionSettings.from_props(props).connect(retries=0)
-        except ConnectionFailedError:
-            return None
-
-
-class ExtensionCheckProvider(_Adapter):
+class ExtensionCheckProvider(Adapter):
     """Before pulumi-postgresql creates an extension: is it there, or can this user create it? Else the remedy."""
 
     def _check(self, props: Dict[str, Any]) -> Dict[str, Any]:
@@ -94,7 +50,7 @@ class ExtensionCheckProvider(_Adapter):
         return UpdateResult(outs=self._check(news))
 
 
-class MigrationsProvider(_Adapter):
+class MigrationsProvider(Adapter):
     """check: ops.preflight; diff: inputs (and recorded drift, verified); create/update: ops.apply; read:
     ops.refresh; delete: ops.destroy."""
 
@@ -165,7 +121,7 @@ class MigrationsProvider(_Adapter):
 
     def read(self, id_: str, props: Dict[str, Any]) -> ReadResult:
         """Live history and schema: rows deleted or changed outside Pulumi, and drift, show in the next diff."""
-        with self.engine(props), ConnectionSettings.from_props(props).connect() as conn:
+        with self.engine(props), ConnectionSettings.from_props(self.current(props)).connect() as conn:
             now = ops.refresh(conn, settings_of(props), managed_of(props), props.get("objects"))
         on_disk = set(props.get("checksums") or {})
         outs = dict(props, checksums={n: now.recorded[n] for n in sorted(now.recorded) if n in on_disk},
@@ -179,7 +135,7 @@ class MigrationsProvider(_Adapter):
                                                                                else {})))
 
     def delete(self, _id: str, props: Dict[str, Any]) -> None:
-        connection = ConnectionSettings.from_props(props)
+        connection = ConnectionSettings.from_props(self.current(props))
         with self.engine(props):
             event = ops.destroy(settings_of(props), managed_of(props), connection.connect)
         self.say("migrations", event, props)
@@ -187,7 +143,7 @@ class MigrationsProvider(_Adapter):
 
 # --------------------------------------------------------------------------- fleets (MigratedTenants)
 
-class FleetProvider(_Adapter):
+class FleetProvider(Adapter):
     """One dynamic resource for a whole fleet of tenants: :mod:`llmemory_db.migrate.fleet_ops` does the work."""
 
     def check(self, olds: Dict[str, Any], news: Dict[str, Any]) -> CheckResult:

@@ -6,17 +6,31 @@ Pulumi SDK leaves to us.
   would reach the user behind a Python traceback. :func:`clean_errors` replaces the host's ``traceback`` name with
   a proxy whose ``format_exc`` gives only the message for a :class:`ProviderError` (raised for the engine's typed
   errors) and the real traceback for anything else (a bug keeps its traceback). Nothing else of the host changes.
+* **One way to talk.** :class:`Adapter`, the base of every provider here: events printed once (or handed to the
+  package's sink) with settings named in the caller's terms, typed errors into ProviderError, the live connection
+  of a preview, and this run's ``postgresql:`` config.
 * **Exit with the engine.** A SIGKILLed ``pulumi up`` leaves its plugins running; :func:`watch_engine` ends this
   process when the engine's address stops answering, so a migration in progress rolls back.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import socket
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Any, Callable, Dict, Optional
+
+from pulumi.dynamic import ConfigureRequest, ResourceProvider
+from pulumi.runtime.rpc import UNKNOWN
+
+from .migrate.connection import ConnectionSettings
+from .migrate.errors import ConnectionFailedError, MigrationError
+from .migrate.events import Event
+from .migrate.spelling import spell
+from .props import CONNECTION, local
 
 DYNAMIC_HOST = "pulumi.dynamic.__main__"
 
@@ -96,3 +110,55 @@ def watch_engine(interval: float = 1.0, engine: Optional[str] = None) -> None:
                         os._exit(3)
 
     threading.Thread(target=loop, name="engine-watchdog", daemon=True).start()
+
+
+class Adapter(ResourceProvider):
+    """What every provider of this package shares (see the module)."""
+
+    def say(self, where: str, event: Event, props: Dict[str, Any]) -> None:
+        """Print an event (or give it to the package's sink), its settings named as the caller of ``props`` does."""
+        event = dataclasses.replace(event, text=spell(f"{where}: {event.text}", props.get("spelling") or "python"))
+        sink = getattr(local, "sink", None)
+        if sink is not None:
+            return sink(event)
+        printed = self.__dict__.setdefault("_printed", set())  # once per process (a preview may diff twice)
+        if str(event) not in printed:
+            printed.add(str(event))
+            print(str(event), flush=True)
+
+    def sink(self, where: str, props: Dict[str, Any]) -> Callable[[Event], None]:
+        return lambda event: self.say(where, event, props)
+
+    def configure(self, req: ConfigureRequest) -> None:
+        """The stack's postgresql: config of this run (the host calls this before any method)."""
+        self.__dict__["_config"] = {key: req.config.get(f"postgresql:{key}") for key in CONNECTION}
+
+    def current(self, props: Dict[str, Any]) -> Dict[str, Any]:
+        """``props`` (recorded by the last update), with the connection fields the program left to the stack's
+        config taken from this run's config: a refresh or destroy after a password rotation connects."""
+        config = self.__dict__.get("_config") or {}
+        return dict(props, **{key: config[key] for key in props.get("from_config") or () if config.get(key)})
+
+    @staticmethod
+    def fail(error: MigrationError, props: Dict[str, Any]) -> ProviderError:
+        """The engine's message, with the settings named as the caller names them."""
+        return ProviderError(error.render(props.get("spelling") or "python"))
+
+    @contextlib.contextmanager
+    def engine(self, props: Dict[str, Any]):
+        """Run engine code: its typed errors become ProviderErrors (shown without a traceback)."""
+        try:
+            yield
+        except MigrationError as exc:
+            raise self.fail(exc, props) from None
+
+    @staticmethod
+    def live(props: Dict[str, Any]):
+        """A connection for what only the live database can tell at preview, or None when its settings are not
+        known yet (computed by another resource) or it does not answer (not created yet)."""
+        if any(props.get(key) == UNKNOWN for key in CONNECTION):
+            return None
+        try:
+            return ConnectionSettings.from_props(props).connect(retries=0)
+        except ConnectionFailedError:
+            return None
