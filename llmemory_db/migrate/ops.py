@@ -22,7 +22,7 @@ import psycopg
 from . import adoption, diagnosis, drift, edits, executor, privileges, proof, risk
 from .connection import pooler
 from .errors import (EditedFileError, HistoryError, InterruptedMigrationError, LintIssue, MigrationError,
-                     PoolerError, RiskError, SchemaDriftError, SchemaMissingError)
+                     PoolerError, SchemaDriftError, SchemaMissingError)
 from .events import Event, Sink, ignore
 from .files import Migration, load
 from .history import HistoryStore
@@ -84,8 +84,9 @@ def preflight(settings: Settings, *, conn: Optional[psycopg.Connection] = None,
                            ("error" if finding.severity == "error" else "info"), finding.file))
         for allowed in result.risk.allowed:
             on_event(Event("risk", f"risk: allowed: {allowed}"))
-        if result.risk.errors:
-            result.failures.append(RiskError(result.risk.errors, settings))
+        refusal = result.risk.error(settings)  # rows that will make a statement fail, or the deny policy
+        if refusal is not None:
+            result.failures.append(refusal)
     return result
 
 
