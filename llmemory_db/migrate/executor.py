@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import psycopg
 from psycopg import sql
 
-from . import adoption, diagnosis
+from . import adoption, diagnosis, indexes, lockwait, progress
 from . import lint as lint_mod
 from .connection import pooler
 from .errors import (ConnectionLostError, Inflight, LintError, LintIssue, LockRetryError, MigrationError,
@@ -97,6 +97,8 @@ def lint_pending(migrations: Sequence[Migration], settings: Settings) -> tuple:
     for m in migrations:
         issues.extend(lint_mod.lint(m.filename, rendered[m.filename], schema=settings.schema,
                                     history=settings.history_parts))
+        if not m.no_transaction:  # a CONCURRENTLY statement cannot run in the file's transaction
+            issues.extend(indexes.lint(m.filename, rendered[m.filename]))
     errors = [i for i in issues if i.severity == "error" or settings.strict]
     if errors:
         raise LintError(errors)
@@ -139,7 +141,7 @@ def apply(conn: psycopg.Connection, settings: Settings, *,
     so), so objects found without a history are the spec's development reset (the history rows deleted), re-run
     as pgdbm would, not an unknown schema."""
     try:
-        return _apply(conn, settings, on_progress, on_event or (lambda _: None), known)
+        return _apply(conn, settings, on_progress, on_event or progress.discard, known)
     except psycopg.Error as exc:  # outside a migration's statements: history table, lock, catalog queries
         fail = diagnosis.failure(exc)
         raise MigrationError(
@@ -155,9 +157,9 @@ def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[C
     files = load(settings.migrations_dir)
     current = status(conn, settings, files)
     current.plan.raise_for_mismatch()
-    if current.inflight:  # under the lock, a marker left is a dead run's (a live one holds the lock)
-        with store.locked():
-            store.raise_for_inflight()
+    resume: List[Migration] = []
+    if current.inflight:  # wait for a live run; refuse an interrupted one unless its concurrent build can resume
+        resume = indexes.settle_inflight(store, files, [m.filename for m in current.plan.applied])
     rendered, warnings = lint_pending(current.plan.pending, settings)
     adopted: List[str] = []
     if not (current.plan.applied or current.plan.missing) and current.plan.pending:  # no history of the module
@@ -192,6 +194,9 @@ def _apply(conn: psycopg.Connection, settings: Settings, on_progress: Optional[C
     with_version = store.has_version_column()
     applied: List[str] = []
     skipped: List[str] = [m.filename for m in current.plan.applied if m.filename not in adopted]
+    for migration in resume:  # recorded (handed over to a waiting applier), its index build then interrupted
+        _apply_no_transaction(store, migration, render(migration.sql, settings.schema, migration.filename), applied,
+                              with_version, on_event)
     for migration in current.plan.pending:
         try:
             done = _apply_retrying(store, migration, rendered[migration.filename], applied, with_version, on_event)
@@ -225,14 +230,15 @@ def _apply_retrying(store: HistoryStore, migration: Migration, rendered: str, co
     A no-transaction file is never retried (a failed CREATE INDEX CONCURRENTLY leaves an INVALID index)."""
     settings = store.settings
     if migration.no_transaction:
-        return _apply_no_transaction(store, migration, rendered, committed, with_version)
+        return _apply_no_transaction(store, migration, rendered, committed, with_version, on_event)
     started, attempt = time.monotonic(), 0
     while True:
         attempt += 1
         watch = diagnosis.BlockerWatch(store.conn, min(0.5, settings.lock_timeout / 2)) \
             if settings.lock_timeout else None
         try:
-            return _apply_in_transaction(store, migration, rendered, committed, with_version)
+            with progress.watching(store.conn, on_event, migration.filename, None, "(in one transaction)"):
+                return _apply_in_transaction(store, migration, rendered, committed, with_version)
         except StatementError as exc:
             if exc.sqlstate != "55P03" or watch is None:
                 raise
@@ -298,38 +304,50 @@ def _apply_in_transaction(store: HistoryStore, migration: Migration, rendered: s
 
 
 def _apply_no_transaction(store: HistoryStore, migration: Migration, rendered: str, applied: List[str],
-                          with_version: bool) -> bool:
-    """pgdbm's no-transaction mode: session lock, statements one by one in autocommit.
+                          with_version: bool, on_event: Callable[[str], None] = progress.discard) -> bool:
+    """pgdbm's no-transaction mode: the module's lock for the session, statements one by one in autocommit.
 
     Progress is recorded in the in-flight table as it goes, so that a run that dies half-way is reported by the
-    next one (which refuses to go on) instead of being re-run blindly or skipped. Returns False when the file
-    turned out to be applied already."""
+    next one (which refuses to go on, unless it stopped at a concurrent index statement: then it resumes there)
+    instead of being re-run blindly or skipped. Concurrent index statements run with their cleanup and check
+    (indexes), under a lock held from a second connection (lockwait.FileLock). Returns False when the file turned
+    out to be applied already."""
     conn, settings = store.conn, store.settings
-    store.lock_session()
+    statements = lint_mod.split(rendered)
+    lock = lockwait.FileLock(store, migration, with_version, indexes.has_concurrent(statements), on_event)
+    lock.acquire()
     try:
         conn.execute(sql.SQL("SET client_connection_check_interval = {}").format(sql.Literal(CLIENT_CHECK_INTERVAL)))
         if settings.schema:
             conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(settings.schema)))
-        if store.already_applied(migration):
-            return False
-        store.raise_for_inflight()
-        store.create_inflight_table()
-        statements = lint_mod.split(rendered)
-        store.start_inflight(migration, len(statements), statements[0].line if statements else 1)
+        start = indexes.resume_point(store, migration, statements, on_event)
+        if start is None:
+            if store.already_applied(migration):
+                return False
+            store.raise_for_inflight()
+            store.create_inflight_table()
+            store.start_inflight(migration, len(statements), statements[0].line if statements else 1)
         t0 = time.perf_counter()
-        for index, statement in enumerate(statements):
+        for index in range(start or 0, len(statements)):
+            statement = statements[index]
             try:
-                conn.execute(statement.text)
+                indexes.execute(conn, settings, migration, statement, lock, on_event, applied,
+                                last=index == len(statements) - 1, earlier=index > 0, resuming=index == start)
             except psycopg.Error as exc:
                 if conn.broken or conn.closed:
                     raise
                 error = diagnosis.no_transaction_error(migration, settings, statement, exc, applied)
+                lock.undo()
                 # nothing of the file ran: no trace; else the record says where it stopped
                 store.fail_inflight(migration, None if index == 0 else f"line {error.line}: {error.server_message}")
                 raise error from None
+            except StatementError as error:  # a concurrent index statement; what it left INVALID is dropped
+                lock.undo()
+                store.fail_inflight(migration, None if index == 0 else f"line {error.line}: {error.server_message}")
+                raise
             following = statements[index + 1].line if index + 1 < len(statements) else statement.line
             store.progress_inflight(migration, index + 1, following)
-        store.finish_inflight(migration, with_version, int((time.perf_counter() - t0) * 1000))
+        lock.finish(int((time.perf_counter() - t0) * 1000))
         return True
     finally:
         if not (conn.broken or conn.closed):
@@ -337,4 +355,4 @@ def _apply_no_transaction(store: HistoryStore, migration: Migration, rendered: s
             conn.execute("RESET client_connection_check_interval")
             if settings.schema:
                 conn.execute("RESET search_path")
-            store.unlock_session()
+        lock.release()

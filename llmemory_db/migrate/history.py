@@ -185,34 +185,15 @@ class HistoryStore:
             free, sql.Literal(BUSY_MARK + " "))
 
     def begin_locked(self) -> None:
-        """BEGIN and wait, at most lock_wait_timeout, for the module's lock (the wait of a busy lock)."""
-        conn = self.conn
-        try:
-            conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; {}; "
-                                 "SET LOCAL statement_timeout = DEFAULT").format(
-                sql.Literal(ms(self.settings.lock_wait_timeout)), self.lock_sql()))
-        except psycopg.errors.LockNotAvailable:
-            rollback(conn)
-            raise self.lock_timeout_error() from None
-        except BaseException:
-            rollback(conn)
-            raise
+        """BEGIN and the module's lock for the transaction, polled for at most lock_wait_timeout (never waiting
+        inside a statement, with a snapshot a concurrent index build would wait for: see lockwait)."""
+        from .lockwait import begin_locked
+        begin_locked(self)
 
     def lock_session(self) -> None:
-        """Take the module's lock for the session (no-transaction files), waiting at most lock_wait_timeout."""
-        conn = self.conn
-        conn.execute(sql.SQL("SET lock_timeout = {}; SET statement_timeout = 0").format(
-            sql.Literal(ms(self.settings.lock_wait_timeout))))
-        try:
-            if self.per_schema:
-                conn.execute(sql.SQL("SELECT pg_advisory_lock_shared({}), pg_advisory_lock({})").format(
-                    self.lock_key(), self.schema_key()))
-            else:
-                conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(self.lock_key()))
-        except psycopg.errors.LockNotAvailable:
-            raise self.lock_timeout_error() from None
-        finally:
-            conn.execute("RESET lock_timeout; RESET statement_timeout")
+        """Take the module's lock for the session (no-transaction files), polled for at most lock_wait_timeout."""
+        from .lockwait import lock_session
+        lock_session(self)
 
     def unlock_session(self) -> None:
         if self.per_schema:
@@ -226,21 +207,8 @@ class HistoryStore:
         return _Locked(self)
 
     def lock_holder(self) -> str:
-        try:
-            row = self.conn.execute(
-                "SELECT a.pid, a.usename, a.application_name, coalesce(a.client_addr::text, 'local'), a.state, "
-                "       now() - a.xact_start "
-                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                "  AND ((l.classid::bigint << 32) | l.objid::bigint) = "
-                "      hashtext('pgdbm_migration_' || %s)::bigint "
-                "LIMIT 1", (self.settings.module_name,)).fetchone()
-        except psycopg.Error:
-            row = None
-        if not row:
-            return "another session (it released the lock meanwhile)"
-        pid, user, app, addr, state, age = row
-        return f"pid {pid} (user {user}, application {app or '-'}, client {addr}, {state}, transaction age {age})"
+        from .lockwait import describe_holder
+        return describe_holder(self.conn, self.settings.module_name)
 
     def lock_timeout_error(self) -> LockTimeoutError:
         s = self.settings
