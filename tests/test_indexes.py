@@ -273,6 +273,20 @@ def test_reindex_concurrently_leftovers_are_dropped_before_and_the_result_checke
     assert index_states(db) == [("idx_big_t", True)]
 
 
+def test_build_outside_a_file_cleans_up_and_checks_the_same_way(db, conn):
+    """What a resource that builds an index (issue 22's embedding provider) calls."""
+    fill(db, rows=20_000, distinct=10_000)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY idx_t ON big (t)")
+    events = []
+    with pytest.raises(indexes.IndexBuildError, match=r"(?s)provider p1 failed at line 1.*detail: Key \(t\)"):
+        indexes.build(conn, Settings(), "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS idx_t ON big (t)",
+                      "provider p1", events.append)
+    assert [e.kind for e in events] == ["index-cleanup"] and index_states(db) == []
+    indexes.build(conn, Settings(), "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_t ON big (t)", "provider p1")
+    assert index_states(db) == [("idx_t", True)]
+
+
 def test_a_concurrent_statement_in_a_transactional_file_is_a_lint_error(tmp_path):
     target = Settings(write(tmp_path, {"001_x.sql": "CREATE TABLE x (id int);\n"
                                                     "CREATE INDEX CONCURRENTLY x_id ON x (id);\n"}))

@@ -22,7 +22,8 @@ for a one-statement file, without re-running the completed ones. A failed run (a
 ``resolve``: its cause (duplicates, say) is still there.
 
 :func:`invalid_indexes` lists every INVALID index of a schema with the SQL that rebuilds it, for ``status``,
-``drift`` and a refresh.
+``drift`` and a refresh. :func:`build` runs one such statement outside a migration file (an index a resource
+builds), with the same cleanup, check and progress.
 """
 from __future__ import annotations
 
@@ -437,6 +438,22 @@ def execute(conn: psycopg.Connection, settings: "Settings", migration: Migration
                                 detail="PostgreSQL's planner never uses an INVALID index, and an INVALID unique index "
                                        "enforces nothing")
         raise error(fail, _clean(conn, target, bad), target)
+
+
+@dataclass(frozen=True)
+class _Named:
+    filename: str
+
+
+def build(conn: psycopg.Connection, settings: "Settings", text: str, name: str,
+          on_event: Callable[[str], None] = progress.discard, line: int = 1) -> None:
+    """One concurrent index statement outside a migration file (an index a resource builds): the same cleanup,
+    check, errors and progress events as in a file; ``name`` stands for the file in them. ``conn``: autocommit,
+    its search_path and settings (maintenance_work_mem, statement_timeout) set by the caller."""
+    if concurrent_op(text) is None:
+        raise MigrationError(f"{name}: not a concurrent index statement: {excerpt(text)}",
+                             remedy="use CREATE [UNIQUE] INDEX CONCURRENTLY … or REINDEX (INDEX|TABLE) CONCURRENTLY …")
+    execute(conn, settings, _Named(name), lint_mod.Statement(text, line), None, on_event, [])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- interrupted runs
