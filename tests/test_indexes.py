@@ -463,5 +463,7 @@ def test_progress_text_of_an_index_build():
     assert progress.describe(row, 3.21, named=True)[0] == ("phase: building index: scanning table, blocks 250/1,000, "
                                                            "25%, 3.2s elapsed")
     assert data["percent"] == 25.0 and data["phase"] == "building index: scanning table"
+    idle = ("idle",) + (None,) * 19  # a transactional file polling for the module's lock
+    assert progress.describe(idle, 12.0)[0] == "waiting for the module's migration lock (another applier), 12s elapsed"
     event = progress.Event("progress: f.sql:2 x: " + text, "progress", "f.sql", 2, **data)
     assert event.startswith("progress: f.sql:2") and event.as_dict()["kind"] == "progress"

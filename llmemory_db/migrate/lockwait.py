@@ -316,8 +316,19 @@ class FileLock:
                         self._hand_off(rows, line)
                         return
                     for pid, app, user, waiting in rows:
-                        self.holder.execute("SELECT pg_cancel_backend(%s)", (pid,))
                         cancelled.add(pid)
+                        try:
+                            self.holder.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                        except psycopg.Error as exc:  # another role's session, without pg_signal_backend
+                            self.on_event(Event(
+                                f"lock-cancel: {self.migration.filename}:{line}: the index build waits for pid "
+                                f"{pid} (user {user}, application {app}: {waiting!r}), which waits for the "
+                                f"migration lock this run holds, and its statement could not be cancelled "
+                                f"({exc.diag.message_primary or exc}): the build waits until that session stops "
+                                f"waiting (its lock_timeout), or end it: SELECT pg_cancel_backend({pid})",
+                                "lock-cancel", self.migration.filename, line, pid=pid, application=app,
+                                cancelled=False))
+                            continue
                         self.on_event(Event(
                             f"lock-cancel: {self.migration.filename}:{line}: the index build waits for pid {pid} "
                             f"(user {user}, application {app}: {waiting!r}), which waits for the migration lock "

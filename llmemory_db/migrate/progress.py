@@ -131,6 +131,9 @@ def describe(row: Optional[tuple], elapsed: float, named: bool = False) -> tuple
             parts.append(f"{pct:.0f}%")
         parts.append(f"{_elapsed(elapsed)} elapsed")
         return ", ".join(parts), data
+    if state == "idle":  # between the polls for the module's lock (lockwait), before the file's transaction
+        data.update(waiting_for="migration lock")
+        return f"waiting for the module's migration lock (another applier), {_elapsed(elapsed)} elapsed", data
     text = f"running for {_elapsed(elapsed)}"
     if wait_type:
         data.update(wait_event_type=wait_type, wait_event=wait)
