@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional
 
-from . import adoption, edits, ops, proof, risk
+from . import adoption, edits, indexes, ops, proof, risk
 from .connection import connect
 from .errors import ConnectionFailedError, EditedFileError, InterruptedMigrationError, MigrationError
 from .events import Event
@@ -31,7 +31,7 @@ COMMANDS: Dict[str, tuple] = {
              "with --dsn the findings name live table sizes)", WHERE + ("strict",) + RISK),
     "plan": ("compare the files with the history: what would apply, and the risk of each pending statement on the "
              "live tables (--sql: the SQL exactly as it will be sent)", WHERE + ("strict",) + RISK),
-    "status": ("applied, pending, missing and interrupted files", WHERE),
+    "status": ("applied, pending, missing and interrupted files, and INVALID indexes in the schema", WHERE),
     "apply": ("apply the pending files, each with its history row in one transaction",
               WHERE + ("lock_wait_timeout", "lock_timeout", "lock_retry_timeout", "statement_timeout", "strict",
                        "pool_mode", "startup_role") + RISK),
@@ -163,6 +163,11 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
             + "".join(f"\n  running now: {i.filename} (pid {i.pid})"
                       for i in current.inflight if i not in current.interrupted)
             + _warnings_text(current.warnings) + (_risk_text(report) if report else ""))
+    invalid = []
+    if args.command == "status":  # what an interrupted or failed concurrent build left, whoever ran it
+        invalid = indexes.invalid_indexes(conn, [settings.schema_name])
+        result["invalid_indexes"] = [i.as_dict() for i in invalid]
+        text += "".join(f"\n  {line}" for line in indexes.invalid_lines(invalid))
     if report is not None and report.errors:
         error = error or report.error(settings)
     if error:
@@ -171,7 +176,7 @@ def _plan_or_status(args, settings: Settings, conn) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     _emit(args, result, text)
-    return 0
+    return 1 if any(not i.building for i in invalid) else 0
 
 
 def _apply(args, settings: Settings, conn) -> int:
@@ -195,6 +200,8 @@ def _drift(args, settings: Settings, conn) -> int:
     current.plan.raise_for_mismatch()
     applied = current.plan.applied
     differences = proof.diff_against_files(conn, settings, applied)
+    differences += indexes.invalid_lines([i for i in indexes.invalid_indexes(conn, [settings.schema_name])
+                                          if not i.building])
     result = {"applied": [m.filename for m in applied], "pending": [m.filename for m in current.plan.pending],
               "differences": differences}
     where = f"{settings.schema_name} (module {settings.module_name}, {len(applied)} applied file(s))"

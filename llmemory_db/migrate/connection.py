@@ -123,6 +123,15 @@ class ConnectionSettings:
                        **({"sslrootcert": self.sslrootcert} if self.sslrootcert else {}))
 
 
+def rollback(conn: psycopg.Connection) -> None:
+    """End an open transaction, if any, ignoring errors (the connection may be failing already)."""
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass
+
+
 def pooler(conn: psycopg.Connection, settings: Settings) -> str:
     """Why this connection looks like a transaction-pooling endpoint ('' when it does not).
 

@@ -1,10 +1,6 @@
-"""Typed errors of the migration engine.
-
-Every error carries the facts a user needs (file, line, statement excerpt,
-SQLSTATE, server message) and a remedy.  ``str(error)`` is the whole message:
-what happened, where, and how to fix it.  No message ever contains a
-connection string or a password.
-"""
+"""Typed errors of the migration engine, one subtype per failure a user can act on. Each carries the facts (file,
+line, statement excerpt, SQLSTATE, server message) and a remedy; ``str(error)`` is the whole message: what happened,
+where, how to fix it. No message ever contains a connection string or a password."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +46,8 @@ class MigrationsDirectoryError(MigrationError):
 
 
 class MigrationFileError(MigrationError):
-    """A migration file cannot be used: empty, not UTF-8, outside the directory, ..."""
+    """A migration file cannot be used: empty, not UTF-8, outside the directory, a concurrent index statement in a
+    transaction, ..."""
 
 
 class DuplicateVersionError(MigrationFileError):
@@ -368,3 +365,34 @@ class ViolationError(MigrationError):
             text, file=self.findings[0].file, line=self.findings[0].line,
             remedy="the data must change, not the statement: change the rows each query lists (as each 'then:' "
                    "says), then run again; do not edit an applied or published migration to get past it")
+
+
+class IndexBuildError(StatementError):
+    """A concurrent index statement failed or left an INVALID index; what it left was dropped."""
+
+    def __init__(self, file: str, line: int, statement: str, fail: StatementFailure, committed: Sequence[str],
+                 remedy: str, notes: Sequence[str], earlier: bool, index: str = "") -> None:
+        self.index, self.notes = index, list(notes)
+        super().__init__(file, line, statement, fail, committed, remedy=remedy, no_transaction=True)
+        lines = [f"Migration {file} failed at line {line}: {fail.message}"
+                 + (f" (SQLSTATE {fail.sqlstate})" if fail.sqlstate else "")]
+        if fail.detail:
+            lines.append(f"  detail: {fail.detail}")
+        if fail.hint:
+            lines.append(f"  hint: {fail.hint}")
+        lines.append(f"  statement: {excerpt(statement)}")
+        lines.extend(f"  {note}" for note in self.notes)
+        if earlier:
+            lines.append(f"  the statements of {file} before line {line} stayed committed: the file is recorded as "
+                         f"failed there; once the cause is fixed, python -m llmemory_db.migrate resolve {file} "
+                         "--retry re-runs it whole (or --mark-applied after finishing it by hand)")
+        else:
+            lines.append(f"  nothing of {file} ran before it: the file is not recorded and the next run runs it")
+        lines.append("  committed earlier in this run: " + (", ".join(self.committed) if self.committed else "none"))
+        self.message = "\n".join(lines)
+        self.args = (str(self),)
+
+
+class IndexBusyError(MigrationError):  # (not a subtype of IndexBuildError: the file's statement never ran)
+    """An index a concurrent statement would build is INVALID and being built right now by another session (raised
+    inside ``index_builds.execute``, which turns it into an IndexBuildError)."""

@@ -6,8 +6,8 @@ package server sends them to the engine as log messages of the resource with the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
 
 SEVERITIES = ("debug", "info", "warning", "error")
 
@@ -21,9 +21,15 @@ class Event:
     text: str
     severity: str = "info"
     file: Optional[str] = None
+    line: Optional[int] = None
+    data: Dict[str, Any] = field(default_factory=dict, compare=False)  # numbers and names, for a renderer
 
     def __str__(self) -> str:
         return f"warning: {self.text}" if self.severity == "warning" else self.text
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "severity": self.severity, "file": self.file, "line": self.line,
+                "text": self.text, **self.data}
 
 
 Sink = Callable[[Event], None]

@@ -18,12 +18,14 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import psycopg
 from psycopg import sql
 
-from . import diagnosis, parser
+from . import diagnosis, index_builds, indexes, parser, progress
 from .errors import ConnectionLostError, LockRetryError, StatementError, UnterminatedFileError
-from .events import Event, Sink
+from .events import Event, Sink, ignore
+from .filelock import FileLock
 from .files import Migration
 from .history import APPLIED_MARK, BUSY_MARK, HistoryStore, marked, rollback
-from .inflight import InflightLog
+from .inflight import InflightLog, resume_point
+from .render import render
 from .settings import Settings, duration
 from .watch import BlockerWatch
 
@@ -46,14 +48,19 @@ def settings_sql(settings: Settings) -> List[sql.Composable]:
 
 
 def apply_pending(store: HistoryStore, pending: Sequence[Migration], rendered: dict, on_event: Sink,
-                  on_progress: Optional[Callable[[str], None]] = None) -> Tuple[List[str], List[str]]:
+                  on_progress: Optional[Callable[[str], None]] = None,
+                  resume: Sequence[Migration] = ()) -> Tuple[List[str], List[str]]:
     """Apply ``pending`` in order (``rendered``: filename -> SQL); returns (applied by this run, found applied
-    already by another applier). A connection lost mid-file is a :class:`ConnectionLostError` that says what
-    the server kept."""
+    already by another applier). ``resume``: recorded files whose concurrent index build was interrupted after the
+    lock was handed over (:func:`.inflight.settle`): finished first. A connection lost mid-file is a
+    :class:`ConnectionLostError` that says what the server kept."""
     conn = store.conn
     with_version = store.has_version_column()
     applied: List[str] = []
     skipped: List[str] = []
+    for migration in resume:
+        apply_no_transaction(store, migration, render(migration.sql, store.settings.schema, migration.filename),
+                             applied, with_version, on_event)
     for migration in pending:
         try:
             done = apply_file(store, migration, rendered[migration.filename], applied, with_version, on_event)
@@ -84,14 +91,15 @@ def apply_file(store: HistoryStore, migration: Migration, rendered: str, committ
     A no-transaction file is never retried (a failed CREATE INDEX CONCURRENTLY leaves an INVALID index)."""
     settings = store.settings
     if migration.no_transaction:
-        return _apply_no_transaction(store, migration, rendered, committed, with_version)
+        return apply_no_transaction(store, migration, rendered, committed, with_version, on_event)
     started, attempt = time.monotonic(), 0
     while True:
         attempt += 1
         watch = BlockerWatch(store.conn, min(0.5, settings.lock_timeout / 2)) \
             if settings.lock_timeout else None
         try:
-            return _apply_in_transaction(store, migration, rendered, committed, with_version)
+            with progress.watching(store.conn, on_event, migration.filename, None, "(in one transaction)"):
+                return _apply_in_transaction(store, migration, rendered, committed, with_version)
         except StatementError as exc:
             if exc.sqlstate != "55P03" or watch is None:
                 raise
@@ -157,40 +165,52 @@ def _apply_in_transaction(store: HistoryStore, migration: Migration, rendered: s
     return True
 
 
-def _apply_no_transaction(store: HistoryStore, migration: Migration, rendered: str, applied: List[str],
-                          with_version: bool) -> bool:
-    """pgdbm's no-transaction mode: session lock, statements one by one in autocommit.
+def apply_no_transaction(store: HistoryStore, migration: Migration, rendered: str, applied: List[str],
+                         with_version: bool, on_event: Sink = ignore) -> bool:
+    """pgdbm's no-transaction mode: the module's lock for the session, statements one by one in autocommit.
 
-    Progress is recorded in the in-flight table as it goes, so that a run that dies half-way is reported by the
-    next one (which refuses to go on) instead of being re-run blindly or skipped. Returns False when the file
-    turned out to be applied already."""
+    Progress is recorded in the in-flight log as it goes, so that a run that dies half-way is reported by the next
+    one (which refuses to go on, unless it stopped at a concurrent index statement: then it resumes there) instead
+    of being re-run blindly or skipped. Concurrent index statements run with their cleanup and check
+    (:mod:`.index_builds`), under a lock held from a second connection (:class:`.filelock.FileLock`). Returns False
+    when the file turned out to be applied already."""
     conn, settings = store.conn, store.settings
-    store.lock_session()
+    statements = parser.split(rendered)
+    lock = FileLock(store, migration, with_version, indexes.has_concurrent(statements), on_event)
+    lock.acquire()
+    log = InflightLog(store)
     try:
         conn.execute(sql.SQL("SET client_connection_check_interval = {}").format(sql.Literal(CLIENT_CHECK_INTERVAL)))
         if settings.schema:
             conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(settings.schema)))
-        if store.already_applied(migration):
-            return False
-        log = InflightLog(store)
-        log.raise_if_any()
-        log.create()
-        statements = parser.split(rendered)
-        log.start(migration, len(statements), statements[0].line if statements else 1)
+        start = resume_point(store, migration, statements, on_event)
+        if start is None:
+            if store.already_applied(migration):
+                return False
+            log.raise_if_any()
+            log.create()
+            log.start(migration, len(statements), statements[0].line if statements else 1)
         t0 = time.perf_counter()
-        for index, statement in enumerate(statements):
+        for index in range(start or 0, len(statements)):
+            statement = statements[index]
             try:
-                conn.execute(statement.text)
+                index_builds.execute(conn, settings, migration, statement, lock, on_event, applied,
+                                     last=index == len(statements) - 1, earlier=index > 0, resuming=index == start)
             except psycopg.Error as exc:
                 if conn.broken or conn.closed:
                     raise
                 error = diagnosis.no_transaction_error(migration, settings, statement, exc, applied)
+                lock.undo()
                 # nothing of the file ran: no trace; else the record says where it stopped
                 log.fail(migration, None if index == 0 else f"line {error.line}: {error.server_message}")
                 raise error from None
+            except StatementError as error:  # a concurrent index statement; what it left INVALID is dropped
+                lock.undo()
+                log.fail(migration, None if index == 0 else f"line {error.line}: {error.server_message}")
+                raise
             following = statements[index + 1].line if index + 1 < len(statements) else statement.line
             log.progress(migration, index + 1, following)
-        log.finish(migration, with_version, int((time.perf_counter() - t0) * 1000))
+        lock.finish(int((time.perf_counter() - t0) * 1000))
         return True
     finally:
         if not (conn.broken or conn.closed):
@@ -198,4 +218,4 @@ def _apply_no_transaction(store: HistoryStore, migration: Migration, rendered: s
             conn.execute("RESET client_connection_check_interval")
             if settings.schema:
                 conn.execute("RESET search_path")
-            store.unlock_session()
+        lock.release()

@@ -11,25 +11,18 @@ from typing import Dict, Sequence, Tuple, Union
 import psycopg
 from psycopg import sql
 
+from . import lockwait
+from .connection import rollback  # noqa: F401 (the callers of history take it from here)
 from .errors import LockTimeoutError
 from .files import Migration
 from .identifiers import check_identifier
 from .plan import plan
-from .settings import Settings, duration
+from .settings import Settings
 
 # Markers raised by the head of a migration, as failed casts (cheaper than a PL/pgSQL block; never folded at
 # plan time because the text is not a constant): "already recorded" and "the migration lock is busy".
 APPLIED_MARK = "llmdb:already-applied"
 BUSY_MARK = "llmdb:lock-busy"
-
-
-def rollback(conn: psycopg.Connection) -> None:
-    """End an open transaction, if any, ignoring errors (the connection may be failing already)."""
-    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        try:
-            conn.execute("ROLLBACK")
-        except psycopg.Error:
-            pass
 
 
 def marked(exc: psycopg.Error, mark: str) -> bool:
@@ -181,34 +174,13 @@ class HistoryStore:
             free, sql.Literal(BUSY_MARK + " "))
 
     def begin_locked(self) -> None:
-        """BEGIN and wait, at most lock_wait_timeout, for the module's lock (the wait of a busy lock)."""
-        conn = self.conn
-        try:
-            conn.execute(sql.SQL("BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; {}; "
-                                 "SET LOCAL statement_timeout = DEFAULT").format(
-                sql.Literal(duration(self.settings.lock_wait_timeout)), self.lock_sql()))
-        except psycopg.errors.LockNotAvailable:
-            rollback(conn)
-            raise self.lock_timeout_error() from None
-        except BaseException:
-            rollback(conn)
-            raise
+        """BEGIN and the module's lock for the transaction, polled for at most lock_wait_timeout (never waiting
+        inside a statement, with a snapshot a concurrent index build would wait for: see lockwait)."""
+        lockwait.begin_locked(self)
 
     def lock_session(self) -> None:
-        """Take the module's lock for the session (no-transaction files), waiting at most lock_wait_timeout."""
-        conn = self.conn
-        conn.execute(sql.SQL("SET lock_timeout = {}; SET statement_timeout = 0").format(
-            sql.Literal(duration(self.settings.lock_wait_timeout))))
-        try:
-            if self.per_schema:
-                conn.execute(sql.SQL("SELECT pg_advisory_lock_shared({}), pg_advisory_lock({})").format(
-                    self.lock_key(), self.schema_key()))
-            else:
-                conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(self.lock_key()))
-        except psycopg.errors.LockNotAvailable:
-            raise self.lock_timeout_error() from None
-        finally:
-            conn.execute("RESET lock_timeout; RESET statement_timeout")
+        """Take the module's lock for the session (no-transaction files), polled for at most lock_wait_timeout."""
+        lockwait.lock_session(self)
 
     def unlock_session(self) -> None:
         if self.per_schema:
@@ -222,21 +194,7 @@ class HistoryStore:
         return _Locked(self)
 
     def lock_holder(self) -> str:
-        try:
-            row = self.conn.execute(
-                "SELECT a.pid, a.usename, a.application_name, coalesce(a.client_addr::text, 'local'), a.state, "
-                "       now() - a.xact_start "
-                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                "  AND ((l.classid::bigint << 32) | l.objid::bigint) = "
-                "      hashtext('pgdbm_migration_' || %s)::bigint "
-                "LIMIT 1", (self.settings.module_name,)).fetchone()
-        except psycopg.Error:
-            row = None
-        if not row:
-            return "another session (it released the lock meanwhile)"
-        pid, user, app, addr, state, age = row
-        return f"pid {pid} (user {user}, application {app or '-'}, client {addr}, {state}, transaction age {age})"
+        return lockwait.describe_holder(self.conn, self.settings.module_name)
 
     def lock_timeout_error(self) -> LockTimeoutError:
         s = self.settings

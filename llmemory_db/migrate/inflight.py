@@ -6,13 +6,25 @@ one, which refuses to go on until someone settles it with ``resolve`` (retry, or
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import time
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import psycopg
 from psycopg import sql
 
+from . import parser, progress
+from .connection import rollback
 from .errors import Inflight, InterruptedMigrationError, ResolveError
 from .files import Migration, load
+from .indexes import concurrent_op
+from .lockwait import backoff, begin_locked, budget_of, live_run_error, remaining, running
+from .events import Sink
+from .progress import Event
+from .render import render
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .history import HistoryStore
+    from .settings import Settings
 
 
 class InflightLog:
@@ -58,7 +70,7 @@ class InflightLog:
         except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
             pass  # another module sharing this history table created it meanwhile
 
-    def _where(self, filename: str) -> sql.Composed:
+    def where(self, filename: str) -> sql.Composed:
         return sql.SQL("module_name = {} AND filename = {}").format(sql.Literal(self.settings.module_name),
                                                                    sql.Literal(filename))
 
@@ -69,22 +81,22 @@ class InflightLog:
 
     def progress(self, migration: Migration, done: int, next_line: int) -> None:
         self.conn.execute(sql.SQL("UPDATE {} SET done = %s, next_line = %s WHERE {}").format(
-            self.settings.inflight_ident, self._where(migration.filename)), (done, next_line))
+            self.settings.inflight_ident, self.where(migration.filename)), (done, next_line))
 
     def fail(self, migration: Migration, error: Optional[str]) -> None:
         """Record why the file stopped; ``None``: nothing of it ran, leave no trace."""
         if error is None:
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
-                self.settings.inflight_ident, self._where(migration.filename)))
+                self.settings.inflight_ident, self.where(migration.filename)))
         else:
             self.conn.execute(sql.SQL("UPDATE {} SET error = %s WHERE {}").format(
-                self.settings.inflight_ident, self._where(migration.filename)), (error,))
+                self.settings.inflight_ident, self.where(migration.filename)), (error,))
 
     def finish(self, migration: Migration, with_version: bool, elapsed_ms: int) -> None:
         """Record the file as applied and drop its in-flight record, in one transaction."""
         self.conn.execute(sql.SQL("BEGIN; {}; DELETE FROM {} WHERE {}; COMMIT").format(
             self.store.insert_sql(migration, with_version, elapsed_ms), self.settings.inflight_ident,
-            self._where(migration.filename)))
+            self.where(migration.filename)))
 
     def resolve(self, filename: str, action: str) -> str:
         """Settle an interrupted no-transaction migration: ``retry`` (the next run re-runs the whole file) or
@@ -97,7 +109,7 @@ class InflightLog:
             if filename not in inflight:
                 raise ResolveError(f"{filename} is not recorded as interrupted for module {s.module_name!r}",
                                      remedy="run status to list interrupted migrations", file=filename)
-            conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(s.inflight_ident, self._where(filename)))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(s.inflight_ident, self.where(filename)))
             if action == "retry":
                 return f"{filename}: the next run re-runs it from its first statement"
             migration = next((m for m in load(s.migrations_dir) if m.filename == filename), None)
@@ -110,3 +122,77 @@ class InflightLog:
                                      remedy="restore the file as it ran, or use --retry to run the new content")
             conn.execute(self.store.insert_sql(migration, self.store.has_version_column()))
             return f"{filename}: recorded as applied"
+
+
+# --------------------------------------------------------------------------- interrupted concurrent index builds
+def resumable(record: Inflight, migration: Optional[Migration], statements: Sequence[parser.Statement]) -> bool:
+    """May the next run go on by itself? The run died (not failed), the file is the one that ran, and the
+    statement it stopped at is a concurrent index statement (which :func:`execute` cleans up and re-runs)."""
+    if migration is None or record.error or record.alive or record.checksum != migration.checksum:
+        return False
+    if record.total != len(statements) or not 0 <= record.done < len(statements):
+        return False
+    return concurrent_op(statements[record.done].text) is not None
+
+
+def resume_point(store: "HistoryStore", migration: Migration, statements: Sequence[parser.Statement],
+                 on_event: Sink) -> Optional[int]:
+    """Under the module's lock, before a no-transaction file runs: the statement to resume it at (its in-flight
+    record taken over by this run), or None to run it as usual (which refuses an interrupted record)."""
+    if not InflightLog(store).exists():
+        return None
+    record = next((i for i in InflightLog(store).read() if i.filename == migration.filename), None)
+    if record is None or not resumable(record, migration, statements):
+        return None
+    s = store.settings
+    store.conn.execute(sql.SQL("UPDATE {} SET pid = pg_backend_pid(), started_at = now(), error = NULL "
+                               "WHERE {}").format(s.inflight_ident, InflightLog(store).where(migration.filename)))
+    statement = statements[record.done]
+    on_event(Event(
+        f"index-resume: {migration.filename}:{statement.line}: resuming the run that was interrupted (backend pid "
+        f"{record.pid} is gone) at its statement {record.done + 1} of {record.total}, a concurrent index statement "
+        f"({progress.label_of(statement.text)}); the {record.done} statement(s) before it completed",
+        "index-resume", migration.filename, statement.line, done=record.done, total=record.total, pid=record.pid))
+    return record.done
+
+
+def settle_inflight(store: "HistoryStore", files: Sequence[Migration], recorded: Sequence[str]) -> List[Migration]:
+    """What ``apply`` does first when in-flight records exist, under the module's lock (polled): wait (bounded by
+    lock_wait_timeout) while a live run of the module has one; refuse (InterruptedMigrationError) those that need
+    a decision; return the *recorded* files whose interrupted concurrent build this run resumes (a pending one is
+    resumed by its own run)."""
+    settings, conn = store.settings, store.conn
+    by_name = {m.filename: m for m in files}
+    limit = budget_of(settings.lock_wait_timeout)
+    deadline = None if limit is None else time.monotonic() + limit
+    tries = 0
+    while True:
+        begin_locked(store, remaining(deadline))
+        try:
+            records = InflightLog(store).read() if InflightLog(store).exists() else []
+            live = running(records, conn)
+            if not live:
+                blocked = [i for i in records if not resumable(i, by_name.get(i.filename), _statements(
+                    by_name.get(i.filename), settings))]
+                if blocked:
+                    raise InterruptedMigrationError(blocked, settings.module_name)
+                conn.execute("COMMIT")
+                return [by_name[i.filename] for i in records if i.filename in set(recorded)]
+        except BaseException:
+            rollback(conn)
+            raise
+        conn.execute("ROLLBACK")
+        tries += 1
+        left = remaining(deadline)
+        if left is not None and left <= 0:
+            raise live_run_error(store, live)
+        time.sleep(backoff(tries) if left is None else min(backoff(tries), left))
+
+
+def _statements(migration: Optional[Migration], settings: "Settings") -> List[parser.Statement]:
+    if migration is None:
+        return []
+    try:
+        return parser.split(render(migration.sql, settings.schema, migration.filename))
+    except Exception:
+        return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import indexes
 from .errors import LintError, LintIssue, excerpt
 from .parser import ParseError, Positions, changed_relations, parse, position
 from .render import render_files
@@ -132,6 +133,8 @@ def lint_pending(migrations: Sequence, settings) -> Tuple[Dict[str, str], List[L
     issues: List[LintIssue] = []
     for m in migrations:
         issues.extend(lint(m.filename, rendered[m.filename], schema=settings.schema, history=settings.history_parts))
+        if not m.no_transaction:  # a CONCURRENTLY statement cannot run in the file's transaction
+            issues.extend(indexes.lint(m.filename, rendered[m.filename]))
     errors = [i for i in issues if i.severity == "error" or settings.strict]
     if errors:
         raise LintError(errors)

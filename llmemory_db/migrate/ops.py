@@ -19,14 +19,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import psycopg
 
-from . import adoption, diagnosis, drift, edits, executor, privileges, proof, risk
+from . import adoption, diagnosis, drift, edits, executor, indexes, privileges, proof, risk
 from .connection import pooler
 from .errors import (EditedFileError, HistoryError, InterruptedMigrationError, LintIssue, MigrationError,
                      PoolerError, SchemaDriftError, SchemaMissingError)
 from .events import Event, Sink, ignore
 from .files import Migration, load
 from .history import HistoryStore
-from .inflight import InflightLog
+from .inflight import settle_inflight
 from .lint import lint_pending
 from .objects import ManagedObjects
 from .render import render_files
@@ -212,9 +212,9 @@ def _apply(conn, settings, managed, recorded_objects, covered, known, on_event, 
             on_event(Event("edit", line))
         current = status(conn, settings, files)
     current.plan.raise_for_mismatch()
-    if current.inflight:  # under the lock, a record left is a dead run's (a live one holds the lock)
-        with store.locked():
-            InflightLog(store).raise_if_any()
+    resume: List[Migration] = []
+    if current.inflight:  # wait for a live run; refuse an interrupted one unless its concurrent build can resume
+        resume = settle_inflight(store, files, [m.filename for m in current.plan.applied])
     rendered, result.warnings = lint_pending(current.plan.pending, settings)
     if not (current.plan.applied or current.plan.missing) and current.plan.pending:  # no history of the module
         result.baselined = adoption.decide(conn, settings, files, known=known, record=True, on_event=on_event)
@@ -230,7 +230,8 @@ def _apply(conn, settings, managed, recorded_objects, covered, known, on_event, 
     _refuse_pooler(conn, settings, [m for m in current.plan.pending if m.no_transaction])
     if not current.history_exists:
         store.create()
-    result.applied, skipped = executor.apply_pending(store, current.plan.pending, rendered, on_event, on_progress)
+    result.applied, skipped = executor.apply_pending(store, current.plan.pending, rendered, on_event, on_progress,
+                                                     resume)
     result.skipped = [m.filename for m in current.plan.applied if m.filename not in result.baselined] + skipped
     if result.applied:
         on_event(Event("applied", f"applied {', '.join(result.applied)}"))
@@ -320,8 +321,11 @@ def refresh(conn: psycopg.Connection, settings: Settings, managed: ManagedObject
     live = drift.inspect_target(conn, settings, managed)
     leaks = privileges.drift(conn, settings) if current.history_exists else []
     differences = drift.compare(recorded_objects, live) if recorded_objects is not None else []
-    return Refreshed(recorded, [m.filename for m in current.plan.pending], current.plan.missing, differences + leaks,
-                     [i.describe() for i in current.interrupted], live)
+    # an INVALID index (an interrupted or failed concurrent build, whoever ran it) is drift, with its rebuild SQL
+    invalid = indexes.invalid_lines([i for i in indexes.invalid_indexes(conn, [settings.schema_name])
+                                     if not i.building])
+    return Refreshed(recorded, [m.filename for m in current.plan.pending], current.plan.missing,
+                     differences + leaks + invalid, [i.describe() for i in current.interrupted], live)
 
 
 def destroy(settings: Settings, managed: ManagedObjects, connect: Callable[[], psycopg.Connection]) -> Event:

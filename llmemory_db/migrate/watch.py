@@ -20,7 +20,7 @@ import psycopg
 _PARAMS: "weakref.WeakKeyDictionary[psycopg.Connection, dict]" = weakref.WeakKeyDictionary()
 
 
-def _params_of(conn: psycopg.Connection) -> dict:
+def params_of(conn: psycopg.Connection) -> dict:
     params = _PARAMS.get(conn)
     if params is None:
         params = _PARAMS[conn] = dict(conn.info.get_parameters(), password=conn.info.password or "")
@@ -64,7 +64,7 @@ class _Scheduler:
                 heapq.heappop(self._heap)[2]._fire()
 
 
-_SCHEDULER = _Scheduler()
+SCHEDULER = _Scheduler()
 
 _BLOCKERS = """
 SELECT a.pid, a.usename, coalesce(nullif(a.application_name, ''), '-'), a.state,
@@ -119,7 +119,7 @@ class _Borrowed:
                 shared.conn.close()
 
 
-_WATCH_CONNECTIONS = _WatchConnections()
+WATCH_CONNECTIONS = _WatchConnections()
 
 
 class BlockerWatch:
@@ -134,12 +134,12 @@ class BlockerWatch:
 
     def __init__(self, conn: psycopg.Connection, delay: float) -> None:
         self.pid, self.delay = conn.info.backend_pid, delay
-        self.params = _params_of(conn)
+        self.params = params_of(conn)
         self.blockers: List[tuple] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
-        _SCHEDULER.arm(self)
+        SCHEDULER.arm(self)
 
     def _fire(self) -> None:
         """The delay has passed (called by the scheduler): watch from a thread of its own, unless stopped."""
@@ -151,7 +151,7 @@ class BlockerWatch:
 
     def _watch(self) -> None:
         try:
-            with _WATCH_CONNECTIONS.borrow(self.params) as shared:
+            with WATCH_CONNECTIONS.borrow(self.params) as shared:
                 while not self._stop.is_set():
                     rows = shared.query(_BLOCKERS, (self.pid,))
                     if rows:
