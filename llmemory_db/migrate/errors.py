@@ -236,8 +236,8 @@ class InterruptedMigrationError(MigrationError):
                     f"the file as applied: python -m llmemory_db.migrate resolve {first} --mark-applied, or undo "
                     f"it and have the next run re-run the whole file: python -m llmemory_db.migrate resolve {first} "
                     "--retry (same --dsn/--schema/--module as the run). Write no-transaction files so they can "
-                    "re-run: CREATE INDEX CONCURRENTLY IF NOT EXISTS, after dropping an INVALID index an "
-                    "interrupted CONCURRENTLY left behind"))
+                    "re-run (IF NOT EXISTS); an INVALID index a concurrent build left is dropped and rebuilt by the "
+                    "next run itself"))
 
 
 class PoolerError(MigrationError):
