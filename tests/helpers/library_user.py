@@ -36,9 +36,9 @@ from tests.helpers import stacks as h
 ROOT = h.ROOT
 STATE = ROOT / ".state" / "library-user"
 README = ROOT / "README.md"
-SECTION = "## Using the component in your own stack"
+OWN_STACK = ROOT / "docs" / "own-stack.md"  # the rest of the project the README's __main__.py belongs to
 # what the wheel is made of: the sdist's inputs (MANIFEST.in prunes the rest)
-SOURCES = ("pyproject.toml", "MANIFEST.in", "README.md", "llmemory_db", "migrations")
+SOURCES = ("pyproject.toml", "MANIFEST.in", "README.md", "docs/own-stack.md", "llmemory_db", "migrations")
 MARKER = re.compile(r"<!-- library-user-example: (\S+) -->\n```[a-z]*\n(.*?)```\n", re.S)
 KEEP = 2  # cached venvs and wheels kept (the newest)
 
@@ -113,14 +113,13 @@ def wheel() -> Path:
 
 
 def readme_example(readme: Optional[str] = None) -> Dict[str, str]:
-    """NAME -> text of each fenced block after a ``library-user-example`` marker of the README's section."""
-    text = readme if readme is not None else README.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    blocks = {name: body for name, body in MARKER.findall(text[start:end if end > 0 else len(text)])}
+    """NAME -> text of each fenced block after a ``library-user-example`` marker: the README's ``__main__.py``,
+    and the rest of the project in docs/own-stack.md."""
+    text = (readme if readme is not None else README.read_text()) + "\n" + OWN_STACK.read_text()
+    blocks = {name: body for name, body in MARKER.findall(text)}
     missing = {"install", "requirements.txt", "Pulumi.yaml", "__main__.py", "config"} - set(blocks)
     if missing:
-        raise AssertionError(f"README section {SECTION!r} lacks the example blocks {sorted(missing)}")
+        raise AssertionError(f"README.md and docs/own-stack.md lack the example blocks {sorted(missing)}")
     return blocks
 
 
