@@ -20,7 +20,7 @@ ifneq ($(filter $(STACK),dev llmemory),)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv app-venv app-venv-0.4.0 toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-fleet bench-yaml clean
+.PHONY: help venv app-venv app-venv-0.4.0 toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-fleet bench-yaml bench-upgrade clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
@@ -111,7 +111,7 @@ test-fast: venv
 
 # side-by-side benchmark (about 20 minutes): bench/results.json, bench/pileup-results.json,
 # bench/fleet-results.json, docs/bench-*.png; numbers go in the README
-bench: venv toolchain
+bench: venv toolchain app-venv-0.4.0
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	@test -d $(STATE)/flyway/lib || { command -v mvn >/dev/null && echo "[bench] fetching Flyway's jars with mvn" && \
 	  mvn -q -f bench/flyway/pom.xml dependency:copy-dependencies -DoutputDirectory=$(STATE)/flyway/lib; } || \
@@ -119,6 +119,7 @@ bench: venv toolchain
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.bench $(BENCH_ARGS)
 	@$(PY) -m bench.pileup $(PILEUP_ARGS)
 	@$(PY) -m bench.adoption
+	@$(PY) -m bench.preflight
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.yaml_vs_python
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.fleet $(FLEET_ARGS)
 	@$(PY) -m bench.plot
@@ -126,6 +127,10 @@ bench: venv toolchain
 # a no-change preview of the YAML example (through the package) against the same Python program, side by side
 bench-yaml: venv toolchain
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.yaml_vs_python
+
+# the data preflight and the proof of an edited file on 1,000,000 rows (issue 25): bench/preflight-results.json
+bench-upgrade: venv app-venv-0.4.0
+	@$(PY) -m bench.preflight $(UPGRADE_ARGS)
 
 # the lock-queue pile-up section alone (about 5 minutes): bench/pileup-results.json, docs/bench-pileup.png
 bench-pileup: venv

@@ -1,5 +1,5 @@
-"""The cost of the data preflight on a 1,000,000-row table (issue 25: "preflight <= 2 s there, or skipped with a
-note"), side by side with the bare SELECT each check runs, in one run.
+"""The cost of the data preflight and of the proof of an edited file on a 1,000,000-row table (issue 25: "preflight
+<= 2 s there, or skipped with a note"), each check side by side with the bare SELECT it runs, in one run.
 
     python -m bench.preflight [--rows 1000000] [--reps 3]     # writes bench/preflight-results.json
 
@@ -8,7 +8,8 @@ The table is llmemory 0.5.0's ``documents`` (its own 001, schema lm) holding ``-
 transaction, statement_timeout, count + up to 5 examples) with a generous limit, so that its whole cost is seen,
 and the bare query it is built on (the count, or the GROUP BY) run alone; then the whole ``plan`` of llmemory's
 real 002 (squawk + live sizes + preflight) with the default limit, and without the preflight. Warm cache (the rows
-were just written).
+were just written). The schema is llmemory 0.4.0's 001 (from `make app-venv-0.4.0`), so that 0.5.0's edited 001 is
+proven too (``proof.prove_edits``: every applied file built in a scratch schema, compared with the live one).
 """
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from llmemory_db import migrate
+from llmemory_db.migrate import Settings, proof, risk, violation_checks, violation_reads
+from llmemory_db.migrate import parser as sql_parser
+from llmemory_db.migrate.history import HistoryStore
+from llmemory_db.migrate.source import find_package
+from tests.helpers import ROOT
+from tests.helpers import db as dbs
+from tools.pgserver import Server
 
-from llmemory_db import migrate  # noqa: E402
-from llmemory_db.migrate import Settings, lint, risk, violations  # noqa: E402
-from llmemory_db.migrate.source import find_package  # noqa: E402
-from tests import db as dbs  # noqa: E402
-from tools.pgserver import Server  # noqa: E402
+OLD = sorted((ROOT / ".state" / "llmemory-app-0.4.0-venv").glob("lib/python*/site-packages/llmemory/migrations"))
 
 OUT = ROOT / "bench" / "preflight-results.json"
 GENEROUS = 120.0  # seconds: every check runs to its end
@@ -44,8 +47,8 @@ STATEMENTS = {
     "SET NOT NULL (document_date)": "ALTER TABLE lm.documents ALTER COLUMN document_date SET NOT NULL",
     "ADD COLUMN x int NOT NULL (no DEFAULT)": "ALTER TABLE lm.documents ADD COLUMN x int NOT NULL",
     "ADD CHECK (length(document_name) < 12)": "ALTER TABLE lm.documents ADD CHECK (length(document_name) < 12)",
-    "ADD FOREIGN KEY (owner_id) REFERENCES lm.owners":
-        "ALTER TABLE lm.documents ADD FOREIGN KEY (owner_id) REFERENCES lm.owners (id)",
+    "ADD FOREIGN KEY (owner_id) REFERENCES ref.owners":
+        "ALTER TABLE lm.documents ADD FOREIGN KEY (owner_id) REFERENCES ref.owners (id)",
     "ALTER COLUMN id_at_origin TYPE varchar(10)": "ALTER TABLE lm.documents ALTER COLUMN id_at_origin TYPE varchar(10)",
 }
 
@@ -75,14 +78,15 @@ def main(argv=None) -> int:
     try:
         package = find_package("llmemory")
         (folder / "first").mkdir()
-        shutil.copy(package.folder / "001_complete_schema.sql", folder / "first")
+        # llmemory 0.4.0's 001 when its venv is there (0.5.0 edited it: the proof is measured too), else 0.5.0's
+        shutil.copy((OLD[0] if OLD else package.folder) / "001_complete_schema.sql", folder / "first")
         db.sql("CREATE SCHEMA lm")
         with psycopg.connect(db.dsn, autocommit=True) as conn:
             migrate.apply(conn, Settings(folder / "first", schema="lm", module_name="llmemory",
                                          history_table="lm.schema_migrations"))
             log(f"loading {args.rows:,} rows into lm.documents")
-            conn.execute("CREATE TABLE lm.owners (id text PRIMARY KEY)")
-            conn.execute("INSERT INTO lm.owners SELECT 'owner-' || g FROM generate_series(0, 99) g")
+            conn.execute("CREATE SCHEMA ref; CREATE TABLE ref.owners (id text PRIMARY KEY)")
+            conn.execute("INSERT INTO ref.owners SELECT 'owner-' || g FROM generate_series(0, 99) g")
             conn.execute(
                 "INSERT INTO lm.documents (owner_id, id_at_origin, document_type, document_name, document_date) "
                 "SELECT 'owner-' || (g %% 100), 'doc-' || g, CASE WHEN g %% 10 = 0 THEN 'pdf' ELSE 'text' END, "
@@ -90,15 +94,15 @@ def main(argv=None) -> int:
             conn.execute("INSERT INTO lm.documents (owner_id, id_at_origin, document_type, document_name) "
                          "VALUES ('owner-7', 'doc-7', 'text', 'again')")
             conn.execute("VACUUM ANALYZE lm.documents")
-            table = violations._table(conn, (None, "documents"), "lm")
+            table = violation_reads.table_of(conn, (None, "documents"), "lm")
             log(f"lm.documents: {table.heap / 2**20:.0f} MB heap, {table.total / 2**20:.0f} MB with indexes")
             checks = []
             for label, statement in STATEMENTS.items():
-                [(kind, stmt, _, _)] = lint.parse(statement)
-                for check in violations.checks_for(kind, stmt, statement):
-                    listing, count, _, _ = violations._queries(check, table, conn)
+                [(kind, stmt, _, _)] = sql_parser.parse(statement)
+                for check in violation_checks.checks_for(kind, stmt, statement):
+                    listing, count, _, _ = violation_reads.queries(check, table, conn)
                     bare = count if count is not None else listing
-                    check_seconds, result = timed(lambda: violations.run(conn, check, table, GENEROUS), args.reps)
+                    check_seconds, result = timed(lambda: violation_reads.run(conn, check, table, GENEROUS), args.reps)
                     bare_seconds, _ = timed(lambda: conn.execute(bare).fetchall(), args.reps)
                     rate = table.heap / check_seconds / 2**20
                     row = {"statement": label, "rule": check.rule, "check_s": round(check_seconds, 3),
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
                     checks.append(row)
             settings = Settings(migrations_package="llmemory", schema="lm")
             pending = migrate.status(conn, settings).plan.pending
-            rendered = migrate.render_all(pending, settings)
+            rendered = migrate.render_files(pending, settings.schema)
             with_seconds, report = timed(lambda: risk.analyze(pending, rendered, settings, conn), args.reps)
             without_seconds, _ = timed(lambda: risk.analyze(pending, rendered, settings.replace(preflight_timeout=0),
                                                             conn), args.reps)
@@ -122,6 +126,12 @@ def main(argv=None) -> int:
                     "finding": str(violation)}
             log(f"plan of llmemory's 002: {with_seconds:.3f}s with the preflight, {without_seconds:.3f}s without; "
                 f"{violation.severity}: {violation.violations} duplicate group")
+            files = migrate.load(settings.migrations_dir)
+            recorded = HistoryStore(conn, settings).read()
+            if proof.edited_files(files, recorded):
+                proof_seconds, edit = timed(lambda: proof.prove_edits(conn, settings, files, recorded), args.reps)
+                plan.update(proof_of_edited_001_s=round(proof_seconds, 3), proof=edit.verdict())
+                log(f"proof of 0.5.0's edited 001 over 0.4.0's schema: {proof_seconds:.3f}s: {edit.verdict()}")
         results = {"rows": args.rows, "heap_MB": round(table.heap / 2**20), "total_MB": round(table.total / 2**20),
                    "reps": args.reps, "checks": checks, "plan": plan, "server_version": version,
                    "cpus": os.cpu_count(), "load_average_before_after": [round(load_before, 1),

@@ -75,6 +75,7 @@ class MigrationsArgs:
     lock_timeout: Optional[float] = _DEFAULT.lock_timeout
     lock_retry_timeout: float = _DEFAULT.lock_retry_timeout
     statement_timeout: Optional[float] = _DEFAULT.statement_timeout
+    preflight_timeout: float = _DEFAULT.preflight_timeout  # seconds per data check of the preview (0 = none)
     strict: bool = _DEFAULT.strict
     risk_policy: str = _DEFAULT.risk_policy          # warn, or deny: refuse risky statements on large tables
     risk_min_rows: int = _DEFAULT.risk_min_rows

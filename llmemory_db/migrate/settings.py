@@ -85,8 +85,7 @@ class Settings:
     preflight_timeout: float = field(default=2.0, metadata=_meta(
         "seconds each data check of the preflight may read a live table (READ ONLY) for the rows that would make a "
         "pending statement fail: duplicates for a UNIQUE constraint, NULLs for SET NOT NULL, ...; a bigger table "
-        "or a slower check is skipped with a note; 0 = no data checks", "--preflight-timeout", None,
-        internal=True))
+        "or a slower check is skipped with a note; 0 = no data checks", "--preflight-timeout", "preflightTimeout"))
     pool_mode: str = field(default="auto", metadata=_meta(
         "the endpoint: auto (detect a pooler: no-transaction files are refused through one), session or "
         "transaction", "--pool-mode", "poolMode", choices=POOL_MODES))

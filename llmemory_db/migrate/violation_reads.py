@@ -123,7 +123,7 @@ class Result:
     not_yet: bool = False                # it refers to something that does not exist yet (this plan makes it first)
 
 
-def _queries(check: Check, table: Table, conn: Optional[psycopg.Connection]
+def queries(check: Check, table: Table, conn: Optional[psycopg.Connection]
              ) -> Tuple[Optional[sql.Composable], Optional[sql.Composable], Optional[sql.Composable], str]:
     """(listing, count, examples) queries of a check on ``table``, or a note when it cannot be checked.
     Without ``conn`` (the listing named by an error at apply): from the statement alone, every column listed."""
@@ -187,7 +187,7 @@ def _queries(check: Check, table: Table, conn: Optional[psycopg.Connection]
 def run(conn: psycopg.Connection, check: Check, table: Table, timeout: float) -> Result:
     """Read ``table`` for ``check`` in a READ ONLY transaction, each query bounded by what is left of
     ``timeout`` seconds (statement_timeout and lock_timeout)."""
-    listing, count, examples, note = _queries(check, table, conn)
+    listing, count, examples, note = queries(check, table, conn)
     if listing is None:
         return Result(note=note, violations=None if note else 0, not_yet=isinstance(note, _NotYet))
     query = listing.as_string(conn)
@@ -259,12 +259,12 @@ def _static_table(relation: Tuple[Optional[str], str], target: str) -> Table:
     return Table(0, relation[0] or target, relation[1], "r", None, 0, 0, [])
 
 
-def failure_queries(statement: str, sqlstate: str, target: str) -> List[Tuple[Check, str]]:
+def failurequeries(statement: str, sqlstate: str, target: str) -> List[Tuple[Check, str]]:
     """(check, the query listing the rows that violate it) of each check of ``statement`` (top level, or inside
     the DO block it is) whose failure raises ``sqlstate``: for the message of a statement that failed at apply."""
     out = []
     for check in checks_of_failure(statement, sqlstate):
-        listing, _, _, _ = _queries(check, _static_table(check.relation, target), None)
+        listing, _, _, _ = queries(check, _static_table(check.relation, target), None)
         if listing is not None:
             out.append((check, listing.as_string(None)))
     return out

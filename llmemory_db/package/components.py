@@ -102,6 +102,7 @@ class MigratedSchemaArgs(TypedDict, total=False):
     lock_timeout: float
     lock_retry_timeout: float
     statement_timeout: float
+    preflight_timeout: float
     strict: bool
     risk_policy: str
     risk_min_rows: int
