@@ -259,7 +259,7 @@ def _static_table(relation: Tuple[Optional[str], str], target: str) -> Table:
     return Table(0, relation[0] or target, relation[1], "r", None, 0, 0, [])
 
 
-def failurequeries(statement: str, sqlstate: str, target: str) -> List[Tuple[Check, str]]:
+def failure_queries(statement: str, sqlstate: str, target: str) -> List[Tuple[Check, str]]:
     """(check, the query listing the rows that violate it) of each check of ``statement`` (top level, or inside
     the DO block it is) whose failure raises ``sqlstate``: for the message of a statement that failed at apply."""
     out = []
