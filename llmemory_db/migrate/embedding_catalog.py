@@ -16,6 +16,7 @@ CHUNKS = "document_chunks"
 # the comment on a table an EmbeddingProvider created: the schema's drift fingerprint and edit proofs leave such
 # tables out (they are the provider's, not the migrations' objects)
 MARK = "llmemory-db EmbeddingProvider"
+PGVECTOR_DEFAULTS = {"m": 16, "ef_construction": 64, "lists": 100}  # what an index built without WITH (...) has
 
 
 @dataclass
@@ -90,8 +91,9 @@ class IndexState:
         if self.column != "embedding":
             found.append(f"on {self.column or 'an expression'} instead of embedding")
         for key, value in s.index_options.items():
-            if self.method == s.index_type and self.options.get(key, "") != str(value):
-                found.append(f"{key}={self.options.get(key, '(default)')} instead of {key}={value}")
+            built = self.options.get(key, str(PGVECTOR_DEFAULTS.get(key, "")))
+            if self.method == s.index_type and built != str(value):
+                found.append(f"{key}={built} instead of {key}={value}")
         return found
 
 

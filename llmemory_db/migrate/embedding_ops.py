@@ -136,7 +136,11 @@ def preflight(s: EmbeddingSettings, conn: Optional[psycopg.Connection] = None, *
         if s.opclass not in known_opclasses(s.index_type, s.vector_type):
             result.failures.append(conflicts_offline(s))
         return result
-    state = result.state = read_state(conn, s)
+    try:
+        with steps.bounded_waits(conn):
+            state = result.state = read_state(conn, s)
+    except psycopg.Error as exc:
+        raise _database_error(exc, s) from None
     if not state.registry:
         result.failures += [f for f in conflicts(conn, s, state, known) if isinstance(f, EmbeddingSettingError)]
         result.lines.append(f"{_where(s)}: {s.schema}.{REGISTRY} does not exist yet (llmemory's migrations create "
@@ -230,7 +234,8 @@ def apply(conn: psycopg.Connection, s: EmbeddingSettings, *, known: bool = False
     """Make the database hold the provider as ``s`` asks (idempotent: a run killed anywhere is finished by the
     next). ``conn``: autocommit."""
     try:
-        return _apply(conn, s, known, on_event)
+        with steps.bounded_waits(conn):
+            return _apply(conn, s, known, on_event)
     except psycopg.Error as exc:
         raise _database_error(exc, s) from None
 
@@ -316,7 +321,11 @@ def drift_of(s: EmbeddingSettings, state: ProviderState) -> List[str]:
 
 
 def refresh(conn: psycopg.Connection, s: EmbeddingSettings) -> EmbeddingRefresh:
-    state = read_state(conn, s)
+    try:
+        with steps.bounded_waits(conn):
+            state = read_state(conn, s)
+    except psycopg.Error as exc:
+        raise _database_error(exc, s) from None
     result = EmbeddingResult(s.table, s.index, state.coverage, state.chunks, state.vectors, state.queued,
                              state.is_default, state.index.definition)
     return EmbeddingRefresh(drift_of(s, state), result)
@@ -327,7 +336,8 @@ def destroy(conn: psycopg.Connection, s: EmbeddingSettings, on_event: Sink = ign
     """Unregister the provider and keep its table, or with ``drop_on_destroy`` forget it and drop the table;
     refused for llmemory's default provider."""
     try:
-        return _destroy(conn, s, on_event)
+        with steps.bounded_waits(conn):
+            return _destroy(conn, s, on_event)
     except psycopg.Error as exc:
         raise _database_error(exc, s) from None
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import psycopg
 from psycopg import sql
@@ -33,9 +34,11 @@ RETRY_BUDGET = 60.0  # seconds a short transaction is retried for after lock_tim
 
 
 def short_transaction(conn: psycopg.Connection, s: EmbeddingSettings, what: str, work: Callable[[], None],
-                      relations: Sequence[sql.Composable] = (), budget: float = RETRY_BUDGET) -> int:
+                      relations: Sequence[sql.Composable] = (), budget: Optional[float] = None) -> int:
     """Run ``work()`` in one transaction with ``lock_timeout`` set for it; a lock wait that runs out rolls it back
-    and it is tried again (jittered backoff) for ``budget`` seconds. Returns the attempts it took."""
+    and it is tried again (jittered backoff) for ``budget`` seconds (default :data:`RETRY_BUDGET`). Returns the
+    attempts it took."""
+    budget = RETRY_BUDGET if budget is None else budget
     deadline, attempt = time.monotonic() + budget, 0
     while True:
         attempt += 1
@@ -102,12 +105,6 @@ def _build(conn: psycopg.Connection, s: EmbeddingSettings, state: ProviderState,
     """One concurrent build of the vector index under ``name``, with the build session's settings."""
     graph = s.graph_bytes(max(state.vectors, 0))
     memory = s.maintenance_work_mem or auto_memory(graph, state.work_mem)
-    statements = [("maintenance_work_mem", memory), ("max_parallel_maintenance_workers",
-                                                     s.max_parallel_maintenance_workers),
-                  ("statement_timeout", 0), ("lock_timeout", 0)]
-    used = [(key, value) for key, value in statements if value is not None]
-    for key, value in used:
-        conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(key), sql.Literal(str(value))))
     if memory and not s.maintenance_work_mem:
         on_event(Event("embedding", f"maintenance_work_mem for this build: {memory} (the server's "
                                     f"{pretty_bytes(state.work_mem)} is less than the estimated graph, "
@@ -117,8 +114,10 @@ def _build(conn: psycopg.Connection, s: EmbeddingSettings, state: ProviderState,
                                 f"{s.describe_index()}, concurrently (reads and writes go on)"))
     started = time.monotonic()
     try:
-        index_builds.build(conn, Settings(schema=s.schema, spelling=s.spelling), text,
-                           f"embedding provider {s.provider_id}", on_event, line=0)
+        with session_settings(conn, maintenance_work_mem=memory,
+                              max_parallel_maintenance_workers=s.max_parallel_maintenance_workers):
+            index_builds.build(conn, Settings(schema=s.schema, spelling=s.spelling), text,
+                               f"embedding provider {s.provider_id}", on_event, line=0)
     except IndexBuildError as exc:
         fail = f"{exc.server_message}" + (f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else "")
         lines = [f"The vector index {s.schema}.{name} of embedding provider {s.provider_id} could not be built: "
@@ -126,11 +125,6 @@ def _build(conn: psycopg.Connection, s: EmbeddingSettings, state: ProviderState,
             [f"  statement: {excerpt(text)}"] + [f"  {note}" for note in exc.notes] + \
             ["  the table and its registry row stay; the provider is not made the default without its index"]
         raise EmbeddingIndexError("\n".join(lines), remedy=exc.remedy) from None
-    finally:
-        if not conn.broken and not conn.closed:
-            rollback(conn)
-            for key, _ in used:
-                conn.execute(sql.SQL("RESET {}").format(sql.Identifier(key)))
     on_event(Event("embedding", f"built {s.schema}.{name} in {time.monotonic() - started:.1f}s (valid)"))
 
 
@@ -140,12 +134,43 @@ def _rename(conn: psycopg.Connection, s: EmbeddingSettings, old: str, new: str) 
         [sql.Identifier(s.schema, old)])
 
 
-def _drop(conn: psycopg.Connection, s: EmbeddingSettings, name: str) -> None:
-    conn.execute("SET lock_timeout = 0")  # waits for the transactions using it, blocking no one's reads or writes
+@contextmanager
+def session_settings(conn: psycopg.Connection, **values: Any) -> Iterator[None]:
+    """``values`` (None: left as they are) for this session while the block runs, with no statement_timeout and no
+    lock_timeout (a concurrent build or drop waits for older transactions: it blocks no one's reads or writes, and
+    a lock_timeout would leave it INVALID); the session's own values are put back after."""
+    used = {"statement_timeout": 0, "lock_timeout": 0, **{k: v for k, v in values.items() if v is not None}}
+    saved = {k: conn.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] for k in used}
+    for key, value in used.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (key, str(value)))
     try:
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(s.schema, name)))
+        yield
     finally:
-        conn.execute("RESET lock_timeout")
+        if not conn.broken and not conn.closed:
+            rollback(conn)
+            for key, value in saved.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (key, value))
+
+
+@contextmanager
+def bounded_waits(conn: psycopg.Connection) -> Iterator[None]:
+    """A session without a lock_timeout waits at most :data:`RETRY_BUDGET` seconds for a lock while the block runs
+    (the catalog reads of an operation: a session holding llmemory's registry exclusively would stall them
+    forever); the session's own value is put back after."""
+    saved = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    if saved in ("0", "0ms"):
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (duration(RETRY_BUDGET),))
+    try:
+        yield
+    finally:
+        if not conn.broken and not conn.closed:
+            rollback(conn)
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (saved,))
+
+
+def _drop(conn: psycopg.Connection, s: EmbeddingSettings, name: str) -> None:
+    with session_settings(conn):
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(s.schema, name)))
 
 
 def ensure_index(conn: psycopg.Connection, s: EmbeddingSettings, state: ProviderState, on_event: Sink) -> str:

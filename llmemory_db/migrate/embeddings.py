@@ -55,21 +55,21 @@ class EmbeddingSettings:
     schema: str = field(metadata=_meta("the llmemory schema the provider belongs to (public in standalone mode)"))
     provider_id: str = field(metadata=_meta(
         "the provider's id in llmemory's registry (embedding_providers.provider_id), e.g. local-minilm"))
-    provider_type: str = field(metadata=_meta("openai or local (llmemory's provider types)"))
+    provider_type: str = field(metadata=_meta("the provider type: openai or local (the two llmemory knows)"))
     model_name: str = field(metadata=_meta("the model's name, as llmemory's configuration names it"))
     dimension: int = field(metadata=_meta("the number of dimensions of the model's vectors"))
     vector_type: str = field(default="vector", metadata=_meta(
-        "vector (4 bytes a dimension; indexes up to 2,000 dimensions) or halfvec (2 bytes; up to 4,000)"))
+        "the column type: vector (4 bytes a dimension; indexes up to 2,000 dimensions) or halfvec (2 bytes; up to 4,000)"))
     table_name: Optional[str] = field(default=None, metadata=_meta(
         "the provider's table (default: the name llmemory derives: chunk_embeddings_<model>_<dimension> for a "
         "local model, chunk_embeddings_openai for openai)"))
     index_type: str = field(default="hnsw", metadata=_meta("the vector index: hnsw or ivfflat"))
     operator_class: Optional[str] = field(default=None, metadata=_meta(
         "the index's operator class (default: <vector_type>_cosine_ops: llmemory searches by cosine distance)"))
-    m: int = field(default=16, metadata=_meta("hnsw: links per node (2 to 100; llmemory's own index: 16)"))
+    m: int = field(default=16, metadata=_meta("HNSW links per node (2 to 100; llmemory's own index: 16)"))
     ef_construction: int = field(default=200, metadata=_meta(
-        "hnsw: candidate list size while building (4 to 1,000, at least 2 x m; llmemory's own index: 200)"))
-    lists: int = field(default=100, metadata=_meta("ivfflat: number of lists (1 to 32,768)"))
+        "HNSW candidate list size while building (4 to 1,000, at least 2 x m; llmemory's own index: 200)"))
+    lists: int = field(default=100, metadata=_meta("IVFFlat lists (1 to 32,768)"))
     default: bool = field(default=False, metadata=_meta(
         "make this llmemory's default provider (its searches read the default's table); refused while coverage "
         "is below min_coverage"))
