@@ -28,6 +28,7 @@ from .embedding_errors import EmbeddingIndexError, EmbeddingLockError
 from .embeddings import EmbeddingSettings, auto_memory, memory_bytes, pretty_bytes
 from .errors import IndexBuildError, excerpt
 from .events import Event, Sink
+from .executor import CLIENT_CHECK_INTERVAL
 from .settings import Settings, duration
 
 RETRY_BUDGET = 60.0  # seconds a short transaction is retried for after lock_timeout
@@ -44,7 +45,8 @@ def short_transaction(conn: psycopg.Connection, s: EmbeddingSettings, what: str,
         attempt += 1
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(duration(s.lock_timeout))))
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL client_connection_check_interval = {}")
+                             .format(sql.Literal(duration(s.lock_timeout)), sql.Literal(CLIENT_CHECK_INTERVAL)))
                 work()
             return attempt
         except psycopg.errors.LockNotAvailable:
@@ -138,8 +140,11 @@ def _rename(conn: psycopg.Connection, s: EmbeddingSettings, old: str, new: str) 
 def session_settings(conn: psycopg.Connection, **values: Any) -> Iterator[None]:
     """``values`` (None: left as they are) for this session while the block runs, with no statement_timeout and no
     lock_timeout (a concurrent build or drop waits for older transactions: it blocks no one's reads or writes, and
-    a lock_timeout would leave it INVALID); the session's own values are put back after."""
-    used = {"statement_timeout": 0, "lock_timeout": 0, **{k: v for k, v in values.items() if v is not None}}
+    a lock_timeout would leave it INVALID), and with the server checking every second that the client is still there
+    (a killed ``pulumi up`` ends its build at once, instead of leaving it running for nobody); the session's own
+    values are put back after."""
+    used = {"statement_timeout": 0, "lock_timeout": 0, "client_connection_check_interval": CLIENT_CHECK_INTERVAL,
+            **{k: v for k, v in values.items() if v is not None}}
     saved = {k: conn.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] for k in used}
     for key, value in used.items():
         conn.execute("SELECT set_config(%s, %s, false)", (key, str(value)))
