@@ -85,13 +85,13 @@ def env(pg_server, bare_db, tmp_path):
                 stack.set_config(f"test:{key}", auto.ConfigValue(str(value).lower()))
             return stack
 
-        def app(self, *args):
+        def app(self, *args, fails=False):
             dsn = dbs.url(dbs.with_params(bare_db.dsn, user=role, password=PASSWORD))
             out = subprocess.run([str(APP_PYTHON), str(APP), args[0], dsn, "llmemory", *args[1:]],
                                  capture_output=True, text=True, timeout=300,
                                  env={**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "tiktoken")})
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            assert "error" not in result, (result, out.stderr[-3000:])
+            assert ("error" in result) == fails, (result, out.stderr[-3000:])
             return result
 
     yield Env()
@@ -200,16 +200,29 @@ def test_a_new_embedding_model_deployed_backfilled_and_switched_under_the_runnin
     assert [r["chunk_id"] for r in seen["hybrid"]] != [c for c, _ in exact(env.db, OLD_TABLE, nothing, 1536,
                                                                              "text-embedding-3-small")]
 
+    # an instance still configured with the old model during the switch: its query vector has the old dimension,
+    # which pgvector will not compare with the new table's (vector and hybrid search fail; text search works); the
+    # documents it adds are queued for the new default (the database's), so the queue's processing embeds them
+    refused = env.app("search", "openai", query, fails=True)["error"]
+    assert "different vector dimensions 384 and 1536" in refused, refused
+    late = env.app("add-late", "openai")
+    before, chunks = chunks, env.db.sql("SELECT count(*) FROM llmemory.document_chunks")[0][0]
+    assert late["embedded"] == 0 and chunks > before
+    assert env.app("process")["processed"] == chunks - before
+    assert env.db.sql(f"SELECT count(*) FROM {NEW_TABLE}") == [(chunks,)]
+    assert env.app("search", "local-minilm", "volcanoes lava")["vector"][0]["content"].startswith("Volcanoes")
+
     # the old provider still serves until it is removed: registered, its table whole
-    assert env.db.sql(f"SELECT count(*) FROM {OLD_TABLE}") == [(chunks,)]
+    assert env.db.sql(f"SELECT count(*) FROM {OLD_TABLE}") == [(before,)]
     env.configure(openai=False)
     result, text = run(stack.up)
     assert result is not None, text
     # unregistered (kept inactive: the application's search history refers to it), its table kept
     assert registry(env.db)["openai-text-embedding-3-small"] == ("embeddings_openai_3_small", 1536, False, False)
     assert "kept its registry row inactive" in text and "kept table llmemory.embeddings_openai_3_small" in text
-    assert env.db.sql(f"SELECT count(*) FROM {OLD_TABLE}") == [(chunks,)]
-    assert_served_by(env.app("search", "local-minilm", query)["vector"], new)
+    assert env.db.sql(f"SELECT count(*) FROM {OLD_TABLE}") == [(before,)]
+    assert_served_by(env.app("search", "local-minilm", query)["vector"],
+                     exact(env.db, NEW_TABLE, query, 384, "all-MiniLM-L6-v2"))
 
     # removing the default provider is refused
     env.configure(minilm=False)

@@ -1,6 +1,7 @@
 """The real llmemory 0.5.0 application for the embedding-provider test (tests/e2e/test_e2e_embeddings.py), offline.
 
     python embeddings_app.py add DSN SCHEMA                          add the documents (the default provider embeds)
+    python embeddings_app.py add-late DSN SCHEMA DEFAULT_PROVIDER    add one more document, configured with that model
     python embeddings_app.py process DSN SCHEMA                      process_pending_embeddings() until the queue is empty
     python embeddings_app.py search DSN SCHEMA DEFAULT_PROVIDER QUERY   vector and hybrid search
 
@@ -62,6 +63,12 @@ async def add(memory: LLMemory) -> dict:
     return {"added": added}
 
 
+async def add_late(memory: LLMemory) -> dict:
+    result = await memory.add_document(owner_id=OWNER, id_at_origin="late", document_name="late.md",
+                                       document_type="markdown", content="Volcanoes erupt lava and ash near islands.")
+    return {"chunks": result.chunks_created, "embedded": result.embeddings_created}
+
+
 async def process(memory: LLMemory) -> dict:
     total, rounds = 0, 0
     while True:
@@ -82,11 +89,13 @@ async def search(memory: LLMemory, query: str) -> dict:
 
 
 async def main(mode: str, dsn: str, schema: str, *rest: str) -> dict:
-    memory = memory_for(dsn, schema, rest[0] if mode == "search" else "openai")
+    memory = memory_for(dsn, schema, rest[0] if mode in ("search", "add-late") else "openai")
     try:
         await memory.initialize()
         if mode == "add":
             return await add(memory)
+        if mode == "add-late":
+            return await add_late(memory)
         if mode == "process":
             return await process(memory)
         return await search(memory, rest[1])
