@@ -11,7 +11,7 @@ each returns a typed result and reports typed events; none prints, none knows Pu
                 the default, the coverage
     destroy     unregister (its queue entries deleted; the row deleted, or kept inactive while search_history
                 refers to it) and keep the table, or with ``drop_on_destroy`` forget it and drop the table;
-                removing the default provider is refused
+                removing the default provider is refused (but with ``drop_on_destroy``: a teardown)
 """
 from __future__ import annotations
 
@@ -346,12 +346,17 @@ def _destroy(conn: psycopg.Connection, s: EmbeddingSettings, on_event: Sink) -> 
     state = read_state(conn, s, count=False)
     if not state.registry:
         return Event("destroy", f"{_where(s)}: nothing to unregister ({s.schema}.{REGISTRY} is gone)")
-    if state.is_default:
+    if state.is_default and not s.drop_on_destroy:
         raise DefaultProviderError(
             f"{s.provider_id} is llmemory's default provider in {s.schema}: its searches read {s.schema}.{s.table}; "
             "removing it is refused", setting="default",
             remedy=f"make another provider the default first ({setting('default', True)} on it, in this update or an "
-                   "earlier one), then remove this one")
+                   f"earlier one), then remove this one; to tear llmemory down altogether (pulumi destroy), set "
+                   f"{setting('drop_on_destroy', True)} on it first")
+    if state.is_default:  # drop_on_destroy: the teardown of llmemory's embeddings, asked for explicitly
+        on_event(Event("destroy", f"{_where(s)} is llmemory's default provider: removed because drop_on_destroy is "
+                                  "set; llmemory has no default provider now (its vector searches return nothing "
+                                  "until one is made the default)", "warning"))
     registry, queue = sql.Identifier(s.schema, REGISTRY), sql.Identifier(s.schema, QUEUE)
     history = sql.Identifier(s.schema, "search_history")
     outcome: List[str] = []

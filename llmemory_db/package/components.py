@@ -253,10 +253,16 @@ class EmbeddingProvider(native_embeddings.EmbeddingProvider):
         super().__init__(name, embedding_args(args or {}), opts)
 
 
+_WHOLE = ("dimension", "m", "ef_construction", "lists", "backfill_batch_size", "max_parallel_maintenance_workers")
+
+
 def embedding_args(args: Dict[str, Any]) -> native_embeddings.EmbeddingProviderArgs:
     """The Python-native arguments for the package's (snake_case) ones; every value checked first, so that a bad one
     fails naming its property."""
     values: Dict[str, Any] = dict(args, spelling="yaml")
+    for key in _WHOLE:  # the engine sends the schema's integers as numbers: 384.0
+        if isinstance(values.get(key), float) and values[key].is_integer():
+            values[key] = int(values[key])
     checked = dict(values, schema=values["schema"] if isinstance(values.get("schema"), str) else "placeholder")
     errors = [{"property_path": camel(exc.setting.split("[")[0]) + exc.setting[len(exc.setting.split("[")[0]):],
                "reason": exc.render("yaml")} for exc in EmbeddingSettings.problems_of(checked)]

@@ -253,8 +253,9 @@ def test_removal_unregisters_and_keeps_the_table_and_refuses_the_default(llm):
     assert "tiny" not in [r[0] for r in registry(llm)] and llm.sql(f"SELECT count(*) FROM {TABLE}") == [(3000,)]
 
     apply(llm, default=True)  # registered again, made the default (full coverage)
-    with pytest.raises(DefaultProviderError, match="tiny is llmemory's default provider in llmemory"):
+    with pytest.raises(DefaultProviderError, match="tiny is llmemory's default provider in llmemory") as refused:
         embedding_ops.destroy(llm.connect(), TINY)
+    assert "drop_on_destroy=True on it first" in str(refused.value)  # the teardown's way
     with llm.connect() as conn:  # the old provider gives the default back; the search history refers to tiny
         embedding_ops.apply(conn, TINY.replace(provider_id="openai-text-embedding-3-small", provider_type="openai",
                                                model_name="text-embedding-3-small", dimension=1536,
@@ -269,6 +270,12 @@ def test_removal_unregisters_and_keeps_the_table_and_refuses_the_default(llm):
     assert "cleared it from 1 search_history rows" in event.text and "dropped table" in event.text
     assert llm.sql("SELECT to_regclass(%s)", TABLE) == [(None,)]
     assert llm.sql("SELECT provider_id FROM llmemory.search_history") == [(None,)]
+    # a teardown (drop_on_destroy) removes even the default provider, and says what that leaves
+    apply(llm, default=True, min_coverage=0)  # (its table was dropped: a new, empty one)
+    events = Collected()
+    event = embedding_ops.destroy(llm.connect(), TINY.replace(drop_on_destroy=True), events)
+    assert "dropped table" in event.text and "llmemory has no default provider now" in events.texts()[0]
+    assert [r for r in registry(llm) if r[4]] == []
 
 
 # --------------------------------------------------------------------------- bad input, conflicts
