@@ -110,7 +110,7 @@ test: venv toolchain pgbouncer app-venv app-venv-0.4.0
 test-fast: venv
 	@$(PY) -m pytest -q tests/unit tests/db $(PYTEST_ARGS)
 
-# side-by-side benchmark (about 20 minutes): bench/results.json, bench/pileup-results.json,
+# side-by-side benchmark (about 30 minutes): bench/results.json, bench/pileup-results.json, bench/embeddings-results.json,
 # bench/fleet-results.json, docs/bench-*.png; numbers go in the README
 bench: venv toolchain
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt

@@ -180,7 +180,8 @@ def main() -> None:
                                  lock_timeout=LOCK_TIMEOUT)
     server = Server((ROOT / ".state" / "pg-test").resolve()).start()
     database = prepare(server, args.rows, 20_000, settings)
-    result: dict = {"rows": args.rows, "queries": args.queries, "dimension": args.dimension, "m": args.m, "ef_construction": args.ef_construction,
+    result: dict = {"rows": args.rows, "queries": args.queries, "dimension": args.dimension, "m": args.m,
+                    "ef_construction": args.ef_construction,
                     "maintenance_work_mem": args.memory, "max_parallel_maintenance_workers": args.workers,
                     "graph_estimate_mb": round(settings.graph_bytes(args.rows) / 1024 ** 2, 1)}
     try:

@@ -23,7 +23,8 @@ from psycopg import sql
 
 from . import embedding_steps as steps
 from .diagnosis import failure, remedy_for
-from .embedding_catalog import (QUEUE, REGISTRY, ProviderState, counts, known_opclasses, opclasses, read_state)
+from .embedding_catalog import (QUEUE, REGISTRY, ProviderState, counts, drift_of, known_opclasses, opclasses,
+                                read_state)
 from .embedding_errors import (CoverageError, DefaultProviderError, EmbeddingConflictError, EmbeddingError,
                                EmbeddingSettingError)
 from .embeddings import EmbeddingSettings
@@ -275,49 +276,6 @@ def _apply(conn: psycopg.Connection, s: EmbeddingSettings, known: bool, on_event
 class EmbeddingRefresh:
     drift: List[str]
     result: EmbeddingResult
-
-
-def drift_of(s: EmbeddingSettings, state: ProviderState) -> List[str]:
-    """How the database differs from the provider as deployed, in words (each repaired by the next update, or,
-    for a dimension or table of another shape, refused by it with the remedy)."""
-    found: List[str] = []
-    row, where = state.row, f"{s.schema}.{REGISTRY}"
-    if not state.registry:
-        return [f"{where} is gone (llmemory's tables are not in schema {s.schema})"]
-    if row is None:
-        found.append(f"{s.provider_id} is not registered in {where} (deleted by hand?)")
-    else:
-        for name, expected in (("provider_type", s.provider_type), ("model_name", s.model_name),
-                               ("dimension", s.dimension), ("table_name", s.table), ("is_active", True)):
-            if getattr(row, name) != expected:
-                found.append(f"registry row of {s.provider_id} changed by hand: {name} {getattr(row, name)!r} "
-                             f"(deployed: {expected!r})")
-        if s.default and not row.is_default:
-            found.append(f"{s.provider_id} is not the default any more (default now: "
-                         f"{', '.join(state.defaults) or 'none'})")
-    if s.backfill and state.unqueued:
-        found.append(f"{state.unqueued:,} chunk(s) without a vector in {s.schema}.{s.table} are not queued for "
-                     f"{s.provider_id} (backfill queues them)")
-    if len(state.defaults) > 1:
-        found.append(f"{where} marks {len(state.defaults)} defaults ({', '.join(state.defaults)}): llmemory picks "
-                     "one of them at random")
-    if not state.table.exists:
-        found.append(f"table {s.schema}.{s.table} is missing")
-    else:
-        embedding = state.table.columns.get("embedding")
-        if embedding != s.column_type:
-            found.append(f"dimension differs: {s.schema}.{s.table}.embedding is {embedding or 'missing'}, the "
-                         f"provider's vectors are {s.column_type}")
-        index = state.index
-        if not index.exists:
-            found.append(f"index {s.schema}.{index.name} is missing (searches scan the whole table)")
-        elif index.building:
-            pass  # a build in progress is not drift
-        elif not index.valid:
-            found.append(f"index {s.schema}.{index.name} is INVALID (never used by the planner)")
-        elif index.differences(s):
-            found.append(f"index {s.schema}.{index.name} differs: {'; '.join(index.differences(s))}")
-    return found
 
 
 def refresh(conn: psycopg.Connection, s: EmbeddingSettings) -> EmbeddingRefresh:

@@ -222,13 +222,14 @@ WITH batch AS (
     ORDER BY c.chunk_id LIMIT %(size)s
 ), queued AS (
     INSERT INTO {queue} AS q (chunk_id, provider_id)
-    SELECT b.chunk_id, %(provider)s FROM batch b WHERE NOT EXISTS (SELECT 1 FROM {table} e WHERE e.chunk_id = b.chunk_id)
+    SELECT b.chunk_id, %(provider)s FROM batch b
+    WHERE NOT EXISTS (SELECT 1 FROM {table} e WHERE e.chunk_id = b.chunk_id)
     ON CONFLICT (chunk_id, provider_id) DO UPDATE SET status = 'pending', retry_count = 0, error_message = NULL,
         processed_at = NULL WHERE q.status IN ('failed', 'completed')
     RETURNING (q.xmax = 0) AS inserted
 )
-SELECT (SELECT chunk_id FROM batch ORDER BY chunk_id DESC LIMIT 1), (SELECT count(*) FROM batch), count(*) FILTER (WHERE inserted),
-       count(*) FILTER (WHERE NOT inserted) FROM queued
+SELECT (SELECT chunk_id FROM batch ORDER BY chunk_id DESC LIMIT 1), (SELECT count(*) FROM batch),
+       count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM queued
 """
 
 

@@ -43,7 +43,8 @@ def project(pg_server, bare_db, tmp_path):
     proj = h.write_project(tmp_path / "proj", PROGRAM)
     backend = tmp_path / "backend"
     h.stack(proj, backend, pg_server, bare_db.name)
-    env = dict(os.environ, **h.pulumi_env(backend))
+    # progress lines every 0.2 s instead of every 10 s (the build here takes seconds, not hours)
+    env = dict(os.environ, **h.pulumi_env(backend), LLMEMORY_DB_PROGRESS_INTERVAL="0.2")
     sessions = []
 
     class Project:
@@ -127,6 +128,8 @@ def test_sigkill_of_pulumi_up_mid_build_then_up_again_ends_with_one_valid_index(
     assert code == 0, out
     assert "dropped the INVALID index llmemory.idx_chunk_embeddings_small_model_32_embedding_rebuild" in out, out
     assert "swapped in the rebuilt llmemory.idx_chunk_embeddings_small_model_32_embedding" in out
+    progress = [line for line in out.splitlines() if "progress: embedding provider small CREATE INDEX CONCURRENTLY" in line]
+    assert progress and "phase:" in progress[0], out  # pg_stat_progress_create_index, in pulumi up's output
     assert indexes(project.db) == [(INDEX, True, "m=24,ef_construction=64")]  # one valid index, as asked
     assert project.db.sql("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace "
                           "n ON n.oid = c.relnamespace WHERE n.nspname = 'llmemory' AND NOT i.indisvalid") == [(0,)]
