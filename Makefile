@@ -20,7 +20,7 @@ ifneq ($(filter $(STACK),dev llmemory),)
 export PULUMI_CONFIG_PASSPHRASE ?= llmemory-dev-only-passphrase
 endif
 
-.PHONY: help venv app-venv app-venv-0.4.0 toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-fleet bench-yaml bench-upgrade clean
+.PHONY: help venv app-venv app-venv-0.4.0 toolchain pgbouncer db-start db-stop up preview drift destroy recover example-yaml example-yaml-preview example-yaml-destroy sdk test test-fast bench bench-pileup bench-fleet bench-yaml bench-upgrade bench-embeddings clean
 help:
 	@echo "make up         deploy the '$(STACK)' stack (dev: onto the embedded PostgreSQL)"
 	@echo "make test       run the whole test suite"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench      side-by-side benchmark (engine, psql floor, pgdbm, dbmate, yoyo, pulumi, lock pile-up)"
 	@echo "make bench-pileup   its lock-queue pile-up section alone (PILEUP_ARGS=\"--reps 1\")"
 	@echo "make bench-fleet    its fan-out section alone: K tenant schemas (FLEET_ARGS=\"--ks 10,100 --reps 1\")"
+	@echo "make bench-embeddings   an embedding provider's index on 100,000 x 384 vectors (EMBEDDINGS_ARGS=\"--reps 1\")"
 	@echo "make example-yaml   deploy examples/yaml-consumer (Pulumi YAML, through the llmemory-db package);"
 	@echo "                    also example-yaml-preview, example-yaml-destroy"
 	@echo "make sdk SDK_LANGUAGE=nodejs|go|python   generate an SDK of the llmemory-db package (.state/sdks/)"
@@ -109,7 +110,7 @@ test: venv toolchain pgbouncer app-venv app-venv-0.4.0
 test-fast: venv
 	@$(PY) -m pytest -q tests/unit tests/db $(PYTEST_ARGS)
 
-# side-by-side benchmark (about 20 minutes): bench/results.json, bench/pileup-results.json,
+# side-by-side benchmark (about 30 minutes): bench/results.json, bench/pileup-results.json, bench/embeddings-results.json,
 # bench/fleet-results.json, docs/bench-*.png; numbers go in the README
 bench: venv toolchain app-venv-0.4.0
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
@@ -122,6 +123,7 @@ bench: venv toolchain app-venv-0.4.0
 	@$(PY) -m bench.preflight
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.yaml_vs_python
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.fleet $(FLEET_ARGS)
+	@$(PY) -m bench.embeddings $(EMBEDDINGS_ARGS)
 	@$(PY) -m bench.plot
 	@$(PY) -m bench.report
 # a no-change preview of the YAML example (through the package) against the same Python program, side by side
@@ -142,6 +144,11 @@ bench-pileup: venv
 bench-fleet: venv toolchain
 	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	@PATH="$$(cat $(STATE)/toolchain-bin):$$PATH" $(PY) -m bench.fleet $(FLEET_ARGS)
+
+# an EmbeddingProvider's vector index alone (about 10 minutes): its build against psql's CREATE INDEX CONCURRENTLY,
+# the application's inserts during it against a plain CREATE INDEX, recall@10; bench/embeddings-results.json
+bench-embeddings: venv
+	@$(PY) -m bench.embeddings $(EMBEDDINGS_ARGS)
 
 clean: db-stop
 	rm -rf $(STATE) $(VENV)

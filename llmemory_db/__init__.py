@@ -16,6 +16,8 @@ _EXPORTS = {
     "Migrations": "llmemory_db.migrations",
     "MigrationsArgs": "llmemory_db.migrations",
     "ConnectionArgs": "llmemory_db.migrations",
+    "EmbeddingProvider": "llmemory_db.embeddings",
+    "EmbeddingProviderArgs": "llmemory_db.embeddings",
 }
 
 __all__ = sorted(_EXPORTS) + ["LLMEMORY_MIGRATIONS"]

@@ -170,7 +170,9 @@ class MigratedSchema(pulumi.ComponentResource):
                                        schema=history_schema, object_type="table", privileges=["SELECT"],
                                        objects=[history_name], opts=chained()))
 
-        self.schema_name = pulumi.Output.from_input(schema_name)
+        # known at preview, and carrying the migrations as a dependency: a resource given it (an EmbeddingProvider's
+        # schema) waits for them
+        self.schema_name = migrations.urn.apply(lambda _: schema_name)
         self.module_name = pulumi.Output.from_input(settings.module_name)
         self.history_table = pulumi.Output.from_input(settings.history_display)
         self.applied = migrations.applied

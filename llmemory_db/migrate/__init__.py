@@ -21,6 +21,8 @@ One responsibility per module, in the order data flows (docs/architecture.md dra
 - ``extensions``, ``startup``   prerequisites and the application's start-up role
 - ``ops``          the operations every caller uses: preflight, apply, refresh, destroy, diff
 - ``fleet``, ``fleet_state``, ``fleet_ops``   one module over many tenant schemas
+- ``embeddings``, ``embedding_catalog``, ``embedding_steps``, ``embedding_ops``, ``embedding_errors``   llmemory's
+                   embedding providers: a model's table, registry row and vector index, backfill, default switch
 - ``cli``          ``python -m llmemory_db.migrate``
 """
 from .adoption import BaselineResult, baseline, copy_history, refuse_unknown

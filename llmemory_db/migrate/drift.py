@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import psycopg
 
+from . import embedding_catalog
 from .objects import ManagedObjects, managed_objects
 from .parser import parse
 from .settings import Settings
@@ -124,9 +125,15 @@ def engine_tables(settings: Settings) -> List[str]:
         if history_schema == settings.schema_name else []
 
 
+def unmanaged_tables(conn: psycopg.Connection, settings: Settings) -> List[str]:
+    """The tables of the target schema that are not the migrations' objects: the engine's own
+    (:func:`engine_tables`) and those an EmbeddingProvider created (they come and go with their resource)."""
+    return engine_tables(settings) + embedding_catalog.provider_tables(conn, settings.schema_name)
+
+
 def inspect_target(conn: psycopg.Connection, settings: Settings, managed: ManagedObjects) -> Dict[str, str]:
     """Live fingerprint of what the migrations of ``settings`` manage (the engine's own tables left out)."""
-    return inspect(conn, settings.schema, managed, settings.extensions, engine_tables(settings))
+    return inspect(conn, settings.schema, managed, settings.extensions, unmanaged_tables(conn, settings))
 
 
 def compare(recorded: Dict[str, str], live: Dict[str, str]) -> List[str]:

@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import psycopg
 from psycopg import sql
 
-from .drift import compare, engine_tables, inspect
+from .drift import compare, inspect, unmanaged_tables
 from .errors import ProofError
 from .files import Migration
 from .history import rollback
@@ -118,7 +118,7 @@ def live(conn: psycopg.Connection, settings: Settings, files: Sequence[Migration
     managed = _managed(settings, files)
     conn.execute("BEGIN; SET LOCAL search_path TO pg_catalog")
     try:
-        exclude = engine_tables(settings)
+        exclude = unmanaged_tables(conn, settings)
         objects = inspect(conn, settings.schema, managed, settings.extensions, exclude)
         return Built(objects, _comments(conn, settings.schema_name, managed, bool(settings.schema), exclude,
                                         settings.schema_name))

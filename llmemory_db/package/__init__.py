@@ -1,4 +1,4 @@
-"""llmemory-db as a Pulumi package: ``MigratedSchema`` for programs in any Pulumi language.
+"""llmemory-db as a Pulumi package: ``MigratedSchema`` and ``EmbeddingProvider`` for programs in any Pulumi language.
 
 The plugin ``plugin/pulumi-resource-llmemory-db`` runs ``python -m llmemory_db.package``: one process that serves
 
@@ -6,7 +6,9 @@ The plugin ``plugin/pulumi-resource-llmemory-db`` runs ``python -m llmemory_db.p
   ``pulumi.provider.experimental`` infers from typed arguments, with the descriptions of the engine's ``Settings``;
 * the custom resources ``llmemory-db:index:Migrations`` and ``llmemory-db:index:ExtensionCheck``, the component's
   children (Check/Diff/Create/Read/Update/Delete; :mod:`.server`): run by the same ``MigrationsProvider`` and
-  ``ExtensionCheckProvider`` classes as the dynamic resources of the Python-native path.
+  ``ExtensionCheckProvider`` classes as the dynamic resources of the Python-native path;
+* the component ``llmemory-db:index:EmbeddingProvider`` and its child ``llmemory-db:index:EmbeddingProviderTable``
+  (``llmemory_db.embedding_provider.EmbeddingProviderAdapter``).
 
 Nothing here is imported by ``llmemory_db`` itself: the Python-native path stays as it is.
 """

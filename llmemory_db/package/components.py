@@ -13,8 +13,10 @@ import pulumi_postgresql as postgresql
 from pulumi.dynamic import Resource as DynamicResource
 from pulumi.errors import InputPropertiesError
 
+from .. import embeddings as native_embeddings
 from .. import migrations as native_migrations
 from .. import schema as native_schema
+from ..migrate.embeddings import EmbeddingSettings
 from ..migrate.settings import Settings
 from ..migrate.spelling import camel
 from . import PACKAGE, VERSION
@@ -48,6 +50,10 @@ class Migrations(native_migrations.Migrations, _ServedByPackage):
 
 class ExtensionCheck(native_migrations.ExtensionCheck, _ServedByPackage):
     TYPE_TOKEN = f"{PACKAGE}:index:ExtensionCheck"
+
+
+class EmbeddingProviderTable(native_embeddings.EmbeddingProviderTable, _ServedByPackage):
+    TYPE_TOKEN = f"{PACKAGE}:index:EmbeddingProviderTable"
 
 
 # --- the component as every language sees it ----------------------------------------------------------------------
@@ -186,4 +192,90 @@ def native_args(args: Dict[str, Any]) -> Tuple[native_schema.MigratedSchemaArgs,
     return native_schema.MigratedSchemaArgs(**values), "connection" in values, superuser
 
 
-COMPONENTS = [MigratedSchema]
+class EmbeddingProviderArgs(TypedDict, total=False):
+    """Arguments of EmbeddingProvider. schema (an output of a MigratedSchema) and the connection's fields may be
+    outputs; the rest are plain values. A property without a docstring here has the engine's description
+    (EmbeddingSettings)."""
+
+    schema: Required[pulumi.Input[str]]
+    """The llmemory schema: the schemaName output of the MigratedSchema that deploys llmemory, so that the provider
+    waits for its migrations."""
+    provider_id: Required[str]
+    provider_type: Required[str]
+    model_name: Required[str]
+    dimension: Required[int]
+    vector_type: str
+    table_name: str
+    index_type: str
+    operator_class: str
+    m: int
+    ef_construction: int
+    lists: int
+    default: bool
+    min_coverage: float
+    backfill: bool
+    backfill_batch_size: int
+    maintenance_work_mem: str
+    max_parallel_maintenance_workers: int
+    lock_timeout: float
+    runtime_roles: List[str]
+    drop_on_destroy: bool
+    connection: Connection
+    """How to reach PostgreSQL (default: the stack's postgresql: config)."""
+
+
+class EmbeddingProvider(native_embeddings.EmbeddingProvider):
+    """One of llmemory's embedding providers: its table in llmemory's shape and its registry row (one
+    transaction), its vector index built concurrently (INVALID leftovers rebuilt, progress reported), the backfill of
+    its queue, and the default switch (one transaction, refused below minCoverage). Removing it unregisters it and
+    keeps its table (unless dropOnDestroy); removing the default provider is refused."""
+
+    _table_class = EmbeddingProviderTable
+
+    table_name: pulumi.Output[str]
+    """The provider's table (llmemory's derived name, or tableName)."""
+    index_name: pulumi.Output[str]
+    """Its vector index (idx_<table>_embedding, llmemory's name)."""
+    coverage: pulumi.Output[float]
+    """Percent of the chunks with a vector in its table (100 when there are no chunks), as of the last update or
+    refresh."""
+    chunks: pulumi.Output[int]
+    """Chunks in document_chunks."""
+    vectors: pulumi.Output[int]
+    """Chunks with a vector in the provider's table."""
+    queued: pulumi.Output[int]
+    """Entries of embedding_queue pending or being processed for the provider."""
+    is_default: pulumi.Output[bool]
+    """Whether it is llmemory's default provider (its searches read its table)."""
+    drift: pulumi.Output[List[str]]
+    """What the last refresh found changed outside the stack, in plain words."""
+
+    def __init__(self, name: str, args: EmbeddingProviderArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__(name, embedding_args(args or {}), opts)
+
+
+_WHOLE = ("dimension", "m", "ef_construction", "lists", "backfill_batch_size", "max_parallel_maintenance_workers")
+
+
+def embedding_args(args: Dict[str, Any]) -> native_embeddings.EmbeddingProviderArgs:
+    """The Python-native arguments for the package's (snake_case) ones; every value checked first, so that a bad one
+    fails naming its property."""
+    values: Dict[str, Any] = dict(args, spelling="yaml")
+    for key in _WHOLE:  # the engine sends the schema's integers as numbers: 384.0
+        if isinstance(values.get(key), float) and values[key].is_integer():
+            values[key] = int(values[key])
+    checked = dict(values, schema=values["schema"] if isinstance(values.get("schema"), str) else "placeholder")
+    errors = [{"property_path": camel(exc.setting.split("[")[0]) + exc.setting[len(exc.setting.split("[")[0]):],
+               "reason": exc.render("yaml")} for exc in EmbeddingSettings.problems_of(checked)]
+    if errors:
+        raise InputPropertiesError("invalid arguments of llmemory-db:EmbeddingProvider", errors)
+    connection = dict(values.pop("connection", None) or {})
+    connection.pop("superuser", None)
+    if connection:
+        values["connection"] = native_migrations.ConnectionArgs(
+            **{key: connection.get(key) for key in _ENGINE_CONNECTION})
+    values["runtime_roles"] = tuple(values.get("runtime_roles") or ())
+    return native_embeddings.EmbeddingProviderArgs(**values)
+
+
+COMPONENTS = [MigratedSchema, EmbeddingProvider]

@@ -28,18 +28,22 @@ from pulumi.provider.server import ComponentInitError, ProviderServicer
 from pulumi.runtime import proto, rpc
 from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2_grpc
 
+from ..embedding_provider import EmbeddingProviderAdapter
+from ..migrate.embeddings import EmbeddingSettings
 from ..migrate.errors import MigrationError
 from ..migrate.events import Event
 from ..migrate.settings import Settings
+from ..migrate.spelling import camel
 from ..props import events_to
 from ..provider import ExtensionCheckProvider, MigrationsProvider
 from ..provider_host import watch_engine
 from . import PACKAGE, VERSION
-from .components import COMPONENTS, ExtensionCheck, Migrations
+from .components import COMPONENTS, EmbeddingProviderTable, ExtensionCheck, Migrations
 
 RESOURCE_PROVIDERS = {
     Migrations.TYPE_TOKEN: MigrationsProvider(),
     ExtensionCheck.TYPE_TOKEN: ExtensionCheckProvider(),
+    EmbeddingProviderTable.TYPE_TOKEN: EmbeddingProviderAdapter(),
 }
 # properties that are secret in every output of the custom resources, whatever their input was
 ALWAYS_SECRET = {"password"}
@@ -63,10 +67,13 @@ def complete_schema(schema: Dict[str, Any]) -> Dict[str, Any]:
     connection's password is a secret."""
     helps = {key: f.metadata["help"] for f in dataclasses.fields(Settings)
              for key in [Settings.config_keys().get(f.name)] if key}
-    for resource in schema.get("resources", {}).values():
+    by_resource = {f"{PACKAGE}:index:EmbeddingProvider": {camel(f.name): f.metadata["help"]
+                                                          for f in dataclasses.fields(EmbeddingSettings)}}
+    for token, resource in schema.get("resources", {}).items():
         for key, prop in resource.get("inputProperties", {}).items():
-            if not prop.get("description") and key in helps:
-                prop["description"] = _sentence(helps[key])
+            text = by_resource.get(token, helps).get(key)
+            if not prop.get("description") and text:
+                prop["description"] = _sentence(text)
 
     def tidy(node: Any) -> None:  # docstrings wrap lines: one line per description
         if isinstance(node, dict):
