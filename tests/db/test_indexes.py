@@ -21,7 +21,7 @@ from llmemory_db import migrate
 from llmemory_db.migrate import Settings, errors, index_builds, indexes, progress
 from tests.helpers import ROOT, write
 from tests.helpers import db as dbs
-from tests.helpers.faults import backend_gone, cli, cli_run, kill_group
+from tests.helpers.faults import backend_gone, cli, cli_run, kill_group, wait_for_build
 
 
 INIT = {"001_init.sql": "CREATE TABLE IF NOT EXISTS app (id serial PRIMARY KEY, v int);\n"}
@@ -46,21 +46,6 @@ def inflight(db):
     if not db.sql("SELECT to_regclass('public.schema_migrations_inflight') IS NOT NULL")[0][0]:
         return []
     return db.sql("SELECT filename FROM public.schema_migrations_inflight")
-
-
-def wait_for_build(dsn, proc=None, timeout=60.0, phase="building index"):
-    """Wait until a CREATE INDEX CONCURRENTLY is in ``phase``; returns its backend pid."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute("SELECT pid FROM pg_stat_progress_create_index WHERE phase LIKE %s",
-                               (phase + "%",)).fetchone()
-            if row:
-                return row[0]
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"the applier exited ({proc.returncode}) first:\n{proc.communicate()}")
-            time.sleep(0.02)
-    raise AssertionError(f"no index build reached {phase!r}")
 
 
 async def pgdbm_apply(dsn, path, lock_timeout_ms=None):

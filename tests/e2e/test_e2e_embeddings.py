@@ -60,13 +60,6 @@ NEW_TABLE = "llmemory.chunk_embeddings_all_minilm_l6_v2_384"
 OLD_TABLE = "llmemory.embeddings_openai_3_small"
 
 
-def run(operation, **kwargs):
-    lines = []
-    try:
-        return operation(on_output=lines.append, **kwargs), "\n".join(lines)
-    except auto.CommandError as exc:
-        return None, "\n".join(lines) + str(exc)
-
 
 @pytest.fixture
 def env(pg_server, bare_db, tmp_path):
@@ -128,7 +121,7 @@ def assert_served_by(results, expected):
 
 def test_a_new_embedding_model_deployed_backfilled_and_switched_under_the_running_app(env):
     stack = env.configure(switch=False)
-    result, text = run(stack.up)
+    result, text = h.run(stack.up)
     assert result is not None, text
     outputs = {k: v.value for k, v in result.outputs.items()}
     assert outputs["minilm_table"] == "chunk_embeddings_all_minilm_l6_v2_384"
@@ -148,7 +141,7 @@ def test_a_new_embedding_model_deployed_backfilled_and_switched_under_the_runnin
     assert len(added) == 6 and chunks >= 6
 
     # the next up sees chunks without a vector that are not queued for the new provider: the backfill queues them
-    result, text = run(stack.up)
+    result, text = h.run(stack.up)
     assert result is not None, text
     assert f"backfill: queued {chunks:,} of {chunks:,} chunks for local-minilm" in text, text
     assert env.db.sql("SELECT status, count(*) FROM llmemory.embedding_queue WHERE provider_id = 'local-minilm' "
@@ -161,7 +154,7 @@ def test_a_new_embedding_model_deployed_backfilled_and_switched_under_the_runnin
 
     # switching now is refused at preview, naming the coverage
     env.configure(switch=True)
-    result, text = run(stack.preview)
+    result, text = h.run(stack.preview)
     assert result is None
     assert "local-minilm cannot become llmemory's default provider yet: 0 of" in text, text
     assert "(coverage 0.00%), below min_coverage 100%" in text and "Traceback" not in text
@@ -170,13 +163,13 @@ def test_a_new_embedding_model_deployed_backfilled_and_switched_under_the_runnin
     # the application embeds its queue: the new provider's table fills, coverage reaches 100%
     assert env.app("process")["processed"] == chunks
     assert env.db.sql(f"SELECT count(*) FROM {NEW_TABLE}") == [(chunks,)]
-    result, _ = run(stack.refresh)
+    result, _ = h.run(stack.refresh)
     assert result is not None
     assert refreshed(stack, "minilm-table")["coverage"] == 100
 
     # switch the default: one transaction
     env.configure(switch=True)
-    result, text = run(stack.up)
+    result, text = h.run(stack.up)
     assert result is not None, text
     assert "default provider: openai-text-embedding-3-small -> local-minilm" in text, text
     assert result.outputs["minilm_default"].value is True
@@ -215,7 +208,7 @@ def test_a_new_embedding_model_deployed_backfilled_and_switched_under_the_runnin
     # the old provider still serves until it is removed: registered, its table whole
     assert env.db.sql(f"SELECT count(*) FROM {OLD_TABLE}") == [(before,)]
     env.configure(openai=False)
-    result, text = run(stack.up)
+    result, text = h.run(stack.up)
     assert result is not None, text
     # unregistered (kept inactive: the application's search history refers to it), its table kept
     assert registry(env.db)["openai-text-embedding-3-small"] == ("embeddings_openai_3_small", 1536, False, False)
@@ -226,11 +219,11 @@ def test_a_new_embedding_model_deployed_backfilled_and_switched_under_the_runnin
 
     # removing the default provider is refused
     env.configure(minilm=False)
-    result, text = run(stack.up)
+    result, text = h.run(stack.up)
     assert result is None
     assert "local-minilm is llmemory's default provider in llmemory" in text and "removing it is refused" in text
     assert "Traceback" not in text
     assert registry(env.db)["local-minilm"] == ("chunk_embeddings_all_minilm_l6_v2_384", 384, True, True)
     env.configure(minilm=True)
-    result, text = run(stack.preview, refresh=True, expect_no_changes=True)
+    result, text = h.run(stack.preview, refresh=True, expect_no_changes=True)
     assert result is not None, text

@@ -11,14 +11,13 @@
 import json
 import os
 import subprocess
-import time
 
 import psycopg
 import pytest
 from pulumi import automation as auto
 
 from tests.helpers import stacks as h
-from tests.helpers.faults import backend_gone, kill_group
+from tests.helpers.faults import backend_gone, kill_group, wait_for_build
 
 pytestmark = pytest.mark.e2e
 
@@ -76,19 +75,6 @@ def project(pg_server, bare_db, tmp_path):
         subprocess.run(["pkill", "-9", "-s", str(sid)], capture_output=True)
 
 
-def wait_for_phase(dsn, phase, proc, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute("SELECT pid FROM pg_stat_progress_create_index WHERE phase LIKE %s",
-                               (phase + "%",)).fetchone()
-            if row:
-                return row[0]
-            if proc.poll() is not None:
-                raise AssertionError(f"pulumi up ended first:\n{proc.stdout.read()}")
-            time.sleep(0.05)
-    raise AssertionError(f"no build reached {phase!r}")
-
 
 def indexes(db):
     return db.sql("SELECT c.relname, i.indisvalid, coalesce(array_to_string(c.reloptions, ','), '') FROM pg_index i "
@@ -112,7 +98,7 @@ def test_sigkill_of_pulumi_up_mid_build_then_up_again_ends_with_one_valid_index(
         snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot.execute("SELECT count(*) FROM llmemory.documents")
         proc = project.start("up", "--skip-preview")
-        pid = wait_for_phase(project.dsn, "waiting for old snapshots", proc)
+        pid = wait_for_build(project.dsn, proc, timeout=120.0, phase="waiting for old snapshots")
         kill_group(proc)
         backend_gone(project.dsn, pid, timeout=20)  # the provider exits with the engine; the server ends the build
         snapshot.execute("ROLLBACK")

@@ -24,14 +24,6 @@ FILES = {"001_docs.sql": "CREATE TABLE {{tables.docs}} (id bigserial PRIMARY KEY
                          "'hex'));\n"}
 
 
-def run(operation, **kwargs):
-    lines = []
-    try:
-        result = operation(on_output=lines.append, **kwargs)
-        return result, "\n".join(lines)
-    except auto.CommandError as exc:
-        return None, "\n".join(lines) + str(exc)
-
 
 def no_traceback(text: str) -> None:
     assert "Traceback" not in text and 'File "' not in text, text
@@ -51,7 +43,7 @@ def test_five_schemas_sharing_extensions_deploy_in_one_stack(project, bare_db):
     _, stack = project
     components = [{"name": f"c{i}", "schema": f"s{i}", "module_name": f"m{i}", "extensions": ["vector", "pgcrypto"],
                    "history_table": f"s{i}.schema_migrations"} for i in range(5)]
-    result, text = run(stack(components).up)
+    result, text = h.run(stack(components).up)
     assert result is not None, text
     for i in range(5):
         assert result.outputs[f"c{i}_applied"].value == ["001_docs.sql"]
@@ -69,13 +61,13 @@ def test_expected_failures_in_every_operation_have_no_traceback(project, bare_db
                            "drop_on_destroy": True}])
         stack.set_config("postgresql:username", auto.ConfigValue(role))
         stack.set_config("postgresql:password", auto.ConfigValue("first-pw", secret=True))
-        result, text = run(stack.up)
+        result, text = h.run(stack.up)
         assert result is not None, text
 
         # update: a migration that fails on the server names file:line and the remedy
         (root / "migrations" / "002_bad.sql").write_text("ALTER TABLE {{tables.docs}} ADD COLUMN x int;\n"
                                                          "ALTER TABLE {{tables.nowhere}} ADD COLUMN y int;\n")
-        result, text = run(stack.up)
+        result, text = h.run(stack.up)
         assert result is None and "Migration 002_bad.sql failed at line 2" in text and "Remedy:" in text
         no_traceback(text)
         (root / "migrations" / "002_bad.sql").unlink()
@@ -84,7 +76,7 @@ def test_expected_failures_in_every_operation_have_no_traceback(project, bare_db
         path = root / "migrations" / "001_docs.sql"
         original = path.read_text()
         path.write_text(original.replace("body text", "body text, extra int"))
-        result, text = run(stack.preview)
+        result, text = h.run(stack.preview)
         assert result is None and "001_docs.sql has been modified after being applied" in text
         assert "the schema differs" in text
         no_traceback(text)
@@ -92,17 +84,17 @@ def test_expected_failures_in_every_operation_have_no_traceback(project, bare_db
 
         # update: drift stops it, in the caller's terms
         bare_db.sql("ALTER TABLE app.docs ADD COLUMN sneaky int")
-        result, text = run(stack.up, refresh=True)
+        result, text = h.run(stack.up, refresh=True)
         assert result is None and "column app.docs.sneaky: added" in text and "accept_schema_drift=True" in text
         no_traceback(text)
         bare_db.sql("ALTER TABLE app.docs DROP COLUMN sneaky")
 
         # read and delete: the password the state holds no longer works
         bare_db.server_sql(f"ALTER ROLE {role} PASSWORD 'second-pw'")
-        result, text = run(stack.refresh)
+        result, text = h.run(stack.refresh)
         assert result is None and "password authentication failed" in text and "Remedy:" in text
         no_traceback(text)
-        result, text = run(stack.destroy)
+        result, text = h.run(stack.destroy)
         assert result is None and "password authentication failed" in text
         no_traceback(text)
         assert "second-pw" not in text and "first-pw" not in text
@@ -111,10 +103,10 @@ def test_expected_failures_in_every_operation_have_no_traceback(project, bare_db
         # state: the config of the last successful up); with --run-program they take this run's config, and this
         # component's own resources take it for the fields the program left to the config (docs/troubleshooting.md)
         stack.set_config("postgresql:password", auto.ConfigValue("second-pw", secret=True))
-        result, text = run(stack.destroy)
+        result, text = h.run(stack.destroy)
         assert result is None and "password authentication failed" in text
         no_traceback(text)
-        result, text = run(stack.destroy, run_program=True)
+        result, text = h.run(stack.destroy, run_program=True)
         assert result is not None, text
         assert bare_db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'app'") == [(0,)]
     finally:

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 
 import pytest
-from pulumi import automation as auto
 
 from tests.helpers import ROOT
 from tests.helpers import db as dbs
@@ -56,13 +55,6 @@ def app(release: str, mode: str, db, tmp_path) -> dict:
     return json.loads(lines[-1])
 
 
-def run(operation, **kwargs):
-    lines = []
-    try:
-        return operation(on_output=lines.append, **kwargs), "\n".join(lines)
-    except auto.CommandError as exc:
-        return None, "\n".join(lines) + str(exc)
-
 
 def test_llmemory_0_4_0_to_0_5_0_with_pulumi(pg_server, bare_db, tmp_path):
     project = h.write_project(tmp_path / "proj", PROGRAM)
@@ -72,7 +64,7 @@ def test_llmemory_0_4_0_to_0_5_0_with_pulumi(pg_server, bare_db, tmp_path):
                        env={"PYTHONPATH": site_of(release, tmp_path)})
 
     # 0.4.0: deployed from its package, then its own API stores the same key twice
-    result, text = run(stack("0.4.0").up)
+    result, text = h.run(stack("0.4.0").up)
     assert result is not None, text
     assert result.outputs["package_version"].value == "llmemory 0.4.0"
     history = bare_db.history(f"{SCHEMA}.schema_migrations", "llmemory")
@@ -82,7 +74,7 @@ def test_llmemory_0_4_0_to_0_5_0_with_pulumi(pg_server, bare_db, tmp_path):
 
     # 0.5.0 in the infra venv: one preview says all three things, and refuses
     upgraded = stack("0.5.0")
-    result, text = run(upgraded.preview)
+    result, text = h.run(upgraded.preview)
     assert result is None
     # 1. the edited 001, both checksums, its proof: comments only, accepted (a package's default)
     assert "001_complete_schema.sql: edited after it was applied (recorded checksum 8065b5211c7d…, file " \
@@ -100,7 +92,7 @@ def test_llmemory_0_4_0_to_0_5_0_with_pulumi(pg_server, bare_db, tmp_path):
 
     # the duplicate removed: up records the edit and applies 002
     bare_db.sql(f"DELETE FROM {SCHEMA}.documents WHERE document_name = 'dup-v1.md'")
-    result, text = run(upgraded.up)
+    result, text = h.run(upgraded.up)
     assert result is not None, text
     assert result.outputs["package_version"].value == "llmemory 0.5.0"
     assert result.outputs["applied"].value == ["001_complete_schema.sql", "002_upsert_identity_contract.sql"]
@@ -118,5 +110,5 @@ def test_llmemory_0_4_0_to_0_5_0_with_pulumi(pg_server, bare_db, tmp_path):
     assert resumed["listed"] == ["dup-1", "kept-1"] and resumed["upsert_kept_id"] is True
     assert bare_db.history(f"{SCHEMA}.schema_migrations", "llmemory") == after  # nothing recorded twice
 
-    result, text = run(upgraded.preview, refresh=True, expect_no_changes=True)
+    result, text = h.run(upgraded.preview, refresh=True, expect_no_changes=True)
     assert result is not None, text

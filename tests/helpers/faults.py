@@ -67,3 +67,20 @@ def cli(*args: str, dsn: str, **kwargs) -> subprocess.Popen:
 def cli_run(*args: str, dsn: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmemory_db.migrate", *args, "--dsn", dsn], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_build(dsn: str, proc: Optional[subprocess.Popen] = None, timeout: float = 60.0,
+                   phase: str = "building index") -> int:
+    """Wait until a CREATE INDEX CONCURRENTLY is in ``phase``; returns its backend pid."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT pid FROM pg_stat_progress_create_index WHERE phase LIKE %s",
+                               (phase + "%",)).fetchone()
+            if row:
+                return row[0]
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"the applier exited ({proc.returncode}) first:\n{proc.communicate()}")
+            time.sleep(0.02)
+    raise AssertionError(f"no index build reached {phase!r}")
+

@@ -100,3 +100,13 @@ def state_text(backend: Path, every_file: bool = False) -> str:
             data = path.read_bytes()
             texts.append((gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode("utf-8", "replace"))
     return "\n".join(texts)
+
+
+def run(operation, **kwargs):
+    """``operation`` (stack.up, stack.preview, ...) with what the CLI printed: (result, output); a CommandError is
+    kept (result None, its text appended to the output), not raised."""
+    lines: list = []
+    try:
+        return operation(on_output=lines.append, **kwargs), "\n".join(lines)
+    except auto.CommandError as exc:
+        return None, "\n".join(lines) + str(exc)
