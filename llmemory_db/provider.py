@@ -197,4 +197,4 @@ class FleetProvider(Adapter):
         fleet, tenants, connect = fleet_of(props)
         with self.engine(props):
             event = fleet_ops.destroy(fleet, tenants, connect)
-        self.say("tenants", event, props)
+        self.say(f"tenants {fleet.base.module_name}", event, props)

@@ -197,9 +197,9 @@ def apply(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connect,
     started = time.monotonic()
     statuses, objects, fingerprint = after_apply(fleet, tenants, result, connect, before, server_of, on_event)
     module = fleet.base.module_name
-    on_event(Event("fleet", f"tenants {module}: {result.summary()} ({result.seconds:.1f}s)"))
+    on_event(Event("fleet", f"{result.summary()} ({result.seconds:.1f}s)"))
     # bench/fleet.py reads this line
-    on_event(Event("fleet", f"tenants {module}: schema fingerprints: {check.checked if check else 0} checked "
+    on_event(Event("fleet", f"schema fingerprints: {check.checked if check else 0} checked "
                             f"before the apply, {sum(1 for s in statuses.values() if not s.get('error'))} recorded "
                             f"after it ({time.monotonic() - started:.1f}s)"))
     return FleetDeployed(result, statuses, objects, fingerprint,
@@ -276,13 +276,13 @@ def drop_removed(recorded: Mapping[str, Any], fleet: FleetSettings, tenants: Seq
         try:
             conn = connect(database)
         except UNREACHABLE as exc:  # its data stays: the safe side
-            on_event(Event("tenant", f"tenants {fleet.base.module_name}: removed tenant {key} not dropped: "
+            on_event(Event("tenant", f"removed tenant {key} not dropped: "
                                      f"{error_of(exc)['message']}", "warning"))
             continue
         with conn:
             _drop_schema(conn, schema)
         dropped.append(key)
-        on_event(Event("tenant", f"tenants {fleet.base.module_name}: dropped removed tenant {key} (drop_on_destroy)"))
+        on_event(Event("tenant", f"dropped removed tenant {key} (drop_on_destroy)"))
     return dropped
 
 
@@ -353,7 +353,7 @@ def refresh(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connect, r
         try:
             conn = connect(database)
         except UNREACHABLE as exc:  # its tenants keep their recorded status
-            on_event(Event("server", f"tenants {fleet.base.module_name}: {server_error(server_of(database), exc)}: "
+            on_event(Event("server", f"{server_error(server_of(database), exc)}: "
                                      f"{len(group)} tenant(s) not read", "warning"))
             continue
         with conn:
@@ -374,10 +374,10 @@ def refresh(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connect, r
 def destroy(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connect) -> Event:
     """Keep every tenant's schema and history (default), or drop them with drop_on_destroy."""
     if not fleet.base.drop_on_destroy:
-        return Event("destroy", f"tenants {fleet.base.module_name}: kept the schemas and histories of {len(tenants)} "
+        return Event("destroy", f"kept the schemas and histories of {len(tenants)} "
                                 f"tenant(s); set {setting('drop_on_destroy', True)} to drop them on destroy")
     for database, group in by_database(tenants).items():
         with connect(database) as conn:
             for tenant in group:
                 _drop_schema(conn, tenant.schema)
-    return Event("destroy", f"tenants {fleet.base.module_name}: dropped {len(tenants)} tenant schema(s)")
+    return Event("destroy", f"dropped {len(tenants)} tenant schema(s)")
