@@ -50,24 +50,30 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 
 from bench.bench import PY, Bench, make_migrations, run_measured, summary
+from bench.cpu import children_cpu, server_cpu
 from llmemory_db.migrate import load, render
 from tools.pgserver import Server, client_bin_dir
 
 OUT = ROOT / "bench" / "fleet-results.json"
 PLOT = ROOT / "docs" / "bench-fleet.png"
-TOOLS = ["fleet", "schemas", "pgdbm", "psql"]
+TOOLS = ["fleet", "fleet_before", "schemas", "pgdbm", "psql"]
 LABELS = {"fleet": "one MigratedTenants (max_parallel 4)", "schemas": "K MigratedSchema components",
+          "fleet_before": "one MigratedTenants, code before (--before)",
           "pgdbm": "pgdbm 0.5, a loop over the tenants (one process)",
           "psql": "psql floor: one transaction per file, 4 sessions"}
 OPS = {"up": "`up` from empty", "noop": "no-op", "new_file": "one new file (11th)"}
-PULUMI_TOOLS = {"fleet", "schemas"}
+PULUMI_TOOLS = {"fleet", "fleet_before", "schemas"}
+FLEET_TOOLS = {"fleet", "fleet_before"}
 SLOW = {"pgdbm"}  # one run at K >= 1,000 (one tenant after the other)
 SCHEMAS_MAX_K = 100
 MAX_PARALLEL = 4
 FILES = 10
 MODULE = "tenant"
 ENGINE_APP = "llmemory-db-migrate"
-TARGETS = {"fleet_up_ratio_to_floor": 1.5, "fleet_noop_preview_s": 3.0, "peak_connections": MAX_PARALLEL + 1}
+TARGETS = {"fleet_up_ratio_to_floor": 1.5, "fleet_new_file_ratio_to_floor": 3.0, "fleet_noop_preview_s": 2.0,
+           "provider_peak_rss_mib": 100, "peak_connections": MAX_PARALLEL + 1}
+SERVERS = 3  # the three-server section: embedded servers in .state/pg-bench-fleet-{a,b,c}
+BEFORE: dict = {}  # "ref", "path": the code before (--before REF), exported from git
 
 FLEET_PROGRAM = f"""\
 import pulumi
@@ -75,6 +81,25 @@ from llmemory_db.tenants import MigratedTenants, MigratedTenantsArgs
 fleet = MigratedTenants("fleet", MigratedTenantsArgs(migrations_dir="migrations", module_name="{MODULE}",
                                                      extensions=[], max_parallel={MAX_PARALLEL}))
 pulumi.export("summary", fleet.summary)
+"""
+FLEET3_PROGRAM = f"""\
+import json
+import pulumi
+from llmemory_db import ConnectionArgs
+from llmemory_db.tenants import MigratedTenants, MigratedTenantsArgs, TenantArgs
+config = pulumi.Config()
+servers, k = json.loads(config.require("fleet_servers")), int(config.require("k"))
+tenants = []
+for n, server in enumerate(servers):  # server 0: the stack's postgresql:* config; the others their own
+    own = None if n == 0 else ConnectionArgs(host="127.0.0.1", port=server["port"], username="postgres",
+                                             password=server["password"], database=server["database"],
+                                             sslmode="disable")
+    tenants += [TenantArgs(f"t{{i:04d}}", own) for i in range(k)]
+fleet = MigratedTenants("fleet", MigratedTenantsArgs(migrations_dir="migrations", module_name="{MODULE}",
+                                                     extensions=[], max_parallel={MAX_PARALLEL}, on_error="continue",
+                                                     tenants=tenants))
+pulumi.export("summary", fleet.summary)
+pulumi.export("servers", fleet.servers)
 """
 SCHEMAS_PROGRAM = f"""\
 import pulumi
@@ -216,8 +241,17 @@ class Fleet(Bench):
         super().__init__(server, workdir)
         self.databases: list = []
 
-    def measured(self, cmd, db: str, project: Path | None = None, env=None, cwd=None, sample: bool = True) -> dict:
+    def measured(self, cmd, db: str, project: Path | None = None, env=None, cwd=None, sample: bool = True,
+                 check: bool = True) -> dict:
         load_before, cpu_before = os.getloadavg()[0], machine_cpu()
+        server_before, client_before = server_cpu(self.server), children_cpu()
+        if not check:
+            started = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+            return {"seconds": round(time.perf_counter() - started, 3), "exit": proc.returncode,
+                    "out": (proc.stdout + proc.stderr)[-4000:], "load_1min": load_before,
+                    "server_cpu_s": round(server_cpu(self.server) - server_before, 2),
+                    "client_cpu_s": round(children_cpu() - client_before, 2)}
         if sample:
             with Sampler(self.server.dsn(database="postgres"), db, project) as sampler:
                 seconds, rss, out = run_measured(cmd, env=env, cwd=cwd)
@@ -226,15 +260,21 @@ class Fleet(Bench):
             seconds, rss, out = run_measured(cmd, env=env, cwd=cwd)
             extra = {}
         in_provider = re.findall(r"tenants \S+: \d+ tenants: .*\((\d+(?:\.\d+)?)s\)", out)
+        prints = re.findall(r"tenants \S+: schema fingerprints: .*\((\d+(?:\.\d+)?)s\)", out)
         return {"seconds": round(seconds, 3), "cli_peak_rss_mib": round(rss, 1), "load_1min": load_before,
+                **({"in_provider_prints_s": float(prints[-1])} if prints else {}),
                 "machine_cpu_busy": busy_since(cpu_before),
+                "server_cpu_s": round(server_cpu(self.server) - server_before, 2),
+                "client_cpu_s": round(children_cpu() - client_before, 2),
                 **({"in_provider_apply_s": float(in_provider[-1])} if in_provider else {}), **extra}
 
     # -- Pulumi
     def pulumi_tool(self, tool: str, k: int, db: str, mdir_files: int = FILES) -> dict:
-        program = FLEET_PROGRAM if tool == "fleet" else SCHEMAS_PROGRAM
+        program = FLEET_PROGRAM if tool in FLEET_TOOLS else SCHEMAS_PROGRAM
         project = self.pulumi_project(f"{tool}_k{k}_{uuid.uuid4().hex[:6]}", mdir_files, k, db, program=program)
         env = self.pulumi_env(project)
+        if tool == "fleet_before":  # the program and its provider import the code before
+            env["PYTHONPATH"] = os.pathsep.join([BEFORE["path"]] + env["PYTHONPATH"].split(os.pathsep)[1:])
         subprocess.run(["pulumi", "config", "set", "tenants", json.dumps(tenant_names(k))], cwd=project, env=env,
                        check=True, capture_output=True)
         up = ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive"]
@@ -289,13 +329,16 @@ class Fleet(Bench):
         base = [str(client_bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
                 str(self.server.port), "-U", "postgres", "-d", db, "-f"]
         load_before, cpu_before = os.getloadavg()[0], machine_cpu()
+        server_before, client_before = server_cpu(self.server), children_cpu()
         with Sampler(self.server.dsn(database="postgres"), db) as sampler:
             started = time.perf_counter()
             with ThreadPoolExecutor(len(scripts)) as pool:
                 sessions = list(pool.map(lambda s: run_measured(base + [str(s)], env=env)[0], scripts))
             seconds = time.perf_counter() - started
         return {"seconds": round(seconds, 3), "sessions_s": [round(s, 3) for s in sessions], "load_1min": load_before,
-                "machine_cpu_busy": busy_since(cpu_before), **sampler.result()}
+                "machine_cpu_busy": busy_since(cpu_before),
+                "server_cpu_s": round(server_cpu(self.server) - server_before, 2),
+                "client_cpu_s": round(children_cpu() - client_before, 2), **sampler.result()}
 
     def psql(self, k: int, db: str) -> dict:
         mdir = self.workdir / "m_floor"
@@ -335,6 +378,175 @@ class Fleet(Bench):
         for db in self.databases:
             self.drop_db(db)
         self.databases.clear()
+
+
+# ---------------------------------------------------------------------------------------------- three servers
+
+class ThreeServers:
+    """One MigratedTenants over three embedded servers (ports of their own), K tenants on each: ``up`` from empty,
+    a no-change preview, one new file; then, on fresh databases, the same ``up`` and new file with server 1
+    stopped mid-run (once half its tenants are done), started again, and ``up`` re-run: every tenant at head, each
+    file recorded once. The psql floor: 4 sessions per server, all twelve at once."""
+
+    def __init__(self, workdir: Path, k: int):
+        self.workdir, self.k = workdir, k
+        self.servers = [Server((ROOT / ".state" / f"pg-bench-fleet-{n}").resolve()).start() for n in "abc"]
+        self.benches = [Fleet(server, workdir / f"s{n}") for n, server in enumerate(self.servers)]
+        for bench in self.benches:
+            bench.workdir.mkdir(parents=True, exist_ok=True)
+
+    def fresh(self) -> list:
+        out = []
+        for bench in self.benches:
+            db = bench.fresh_db()
+            bench.databases.append(db)
+            out.append(db)
+        return out
+
+    def project(self, dbs: list, tag: str) -> tuple:
+        bench = self.benches[0]
+        project = bench.pulumi_project(f"three_{tag}_{uuid.uuid4().hex[:6]}", FILES, self.k, dbs[0],
+                                       program=FLEET3_PROGRAM)
+        env = bench.pulumi_env(project)
+        described = [{"port": server.port, "password": server.password, "database": db}
+                     for server, db in zip(self.servers, dbs)]
+        for key, value, secret in (("fleet_servers", json.dumps(described), True), ("k", str(self.k), False)):
+            subprocess.run(["pulumi", "config", "set"] + (["--secret"] if secret else []) + [key, value],
+                           cwd=project, env=env, check=True, capture_output=True)
+        return project, env
+
+    def cpu(self):
+        """(CPU seconds of the three servers so far, their postmasters' pids): a restarted server starts at 0."""
+        return sum(server_cpu(server) for server in self.servers), [s.running_pid() for s in self.servers]
+
+    def cpu_since(self, before):
+        now = self.cpu()
+        return round(now[0] - before[0], 2) if now[1] == before[1] else None
+
+    def timed(self, cmd, project: Path, env, expect_ok: bool = True, during=None) -> dict:
+        load, before, client = os.getloadavg()[0], self.cpu(), children_cpu()
+        with Sampler(self.servers[0].dsn(database="postgres"), "-", project) as sampler:  # provider RSS only
+            started = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            if during is not None:
+                during(proc)
+            out, _ = proc.communicate()
+            seconds = time.perf_counter() - started
+        if expect_ok and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:2])} failed ({proc.returncode}):\n{out[-3000:]}")
+        in_provider = re.findall(r"tenants \S+: \d+ tenants: .*\((\d+(?:\.\d+)?)s\)", out)
+        prints = re.findall(r"tenants \S+: schema fingerprints: .*\((\d+(?:\.\d+)?)s\)", out)
+        summary_line = re.findall(r"tenants \S+: (\d+ tenants: [^(]*)\(", out)
+        return {"seconds": round(seconds, 3), "exit": proc.returncode, "load_1min": load,
+                "server_cpu_s": self.cpu_since(before), "client_cpu_s": round(children_cpu() - client, 2),
+                "provider_peak_rss_mib": sampler.result()["provider_peak_rss_mib"],
+                **({"in_provider_apply_s": float(in_provider[-1])} if in_provider else {}),
+                **({"in_provider_prints_s": float(prints[-1])} if prints else {}),
+                **({"summary": summary_line[-1].strip()} if summary_line else {})}
+
+    def stop_when_half_done(self, db: str, probe: str):
+        """``during``: stop server 1 once half its tenants have ``probe`` (a table name) committed."""
+        server = self.servers[1]
+
+        def during(proc) -> None:
+            deadline, done = time.monotonic() + 600, 0
+            with psycopg.connect(server.dsn(database=db), autocommit=True) as conn:
+                while time.monotonic() < deadline and proc.poll() is None:
+                    done = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                                        "c.relnamespace WHERE c.relname = %s AND n.nspname ~ '^t[0-9]{4}$'",
+                                        (probe,)).fetchone()[0]
+                    if done >= self.k // 2:
+                        break
+                    time.sleep(0.05)
+            server.stop()
+            log(f"three servers: server 1 stopped mid-run ({done} of its {self.k} tenants had {probe})")
+        return during
+
+    def check(self, dbs: list, files: int) -> None:
+        for bench, db in zip(self.benches, dbs):
+            bench.check_applied(db, self.k, files)  # every tenant's tables and history rows (unique per file)
+
+    def floor(self, dbs: list, files, with_schema: bool, tag: str) -> dict:
+        jobs = []
+        for bench, db in zip(self.benches, dbs):
+            for script in bench.psql_scripts(self.k, files, with_schema, tag):
+                jobs.append((bench, db, script))
+        load, before, client = os.getloadavg()[0], self.cpu(), children_cpu()
+        started = time.perf_counter()
+
+        def one(job):
+            bench, db, script = job
+            env = dict(os.environ, PGPASSWORD=bench.server.password)
+            return run_measured([str(client_bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h",
+                                 "127.0.0.1", "-p", str(bench.server.port), "-U", "postgres", "-d", db, "-f",
+                                 str(script)], env=env)[0]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(one, jobs))
+        return {"seconds": round(time.perf_counter() - started, 3), "load_1min": load,
+                "server_cpu_s": self.cpu_since(before), "client_cpu_s": round(children_cpu() - client, 2)}
+
+    def run(self) -> dict:
+        up = ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive"]
+        out: dict = {"k_per_server": self.k, "servers": SERVERS, "max_parallel": MAX_PARALLEL}
+        mdir = self.workdir / "m_floor3"
+        make_migrations(mdir, FILES + 1)
+        files = load(mdir)
+        dbs = self.fresh()
+        out["floor_up"] = self.floor(dbs, files[:FILES], True, "up3")
+        out["floor_new_file"] = self.floor(dbs, files[FILES:], False, "new3")
+        log(f"three servers, psql floor: up {out['floor_up']['seconds']:.1f}s, new file "
+            f"{out['floor_new_file']['seconds']:.1f}s")
+        # every server up
+        dbs = self.fresh()
+        project, env = self.project(dbs, "all")
+        out["up"] = self.timed(up, project, env)
+        self.check(dbs, FILES)
+        out["noop"] = self.timed(["pulumi", "preview", "--non-interactive", "--expect-no-changes"], project, env)
+        make_migrations(project / "migrations", FILES + 1)
+        out["new_file"] = self.timed(up, project, env)
+        self.check(dbs, FILES + 1)
+        log("three servers: " + ", ".join(f"{op} {out[op]['seconds']:.1f}s" for op in ("up", "noop", "new_file")))
+        # server 1 stopped mid-run, started again, up re-run
+        dbs = self.fresh()
+        project, env = self.project(dbs, "stop")
+        try:
+            out["up_server_stopped"] = self.timed(up, project, env, expect_ok=False,
+                                                  during=self.stop_when_half_done(dbs[1], f"t{FILES}"))
+        finally:
+            self.servers[1].start()
+        out["up_rerun"] = self.timed(up, project, env)
+        self.check(dbs, FILES)
+        make_migrations(project / "migrations", FILES + 1)
+        try:
+            out["new_file_server_stopped"] = self.timed(up, project, env, expect_ok=False,
+                                                        during=self.stop_when_half_done(dbs[1], f"t{FILES + 1}"))
+        finally:
+            self.servers[1].start()
+        out["new_file_rerun"] = self.timed(up, project, env)
+        self.check(dbs, FILES + 1)
+        out["every_tenant_at_head_each_file_once"] = True
+        log("three servers, server 1 stopped mid-run: " + ", ".join(
+            f"{op} {out[op]['seconds']:.1f}s" for op in ("up_server_stopped", "up_rerun", "new_file_server_stopped",
+                                                         "new_file_rerun")))
+        return out
+
+    def drop_all(self) -> None:
+        for server in self.servers:
+            if not (server.running_pid() and server.ready()):
+                server.start()
+        for bench in self.benches:
+            bench.drop_all()
+
+
+def three_servers(k: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="llmemory-fleet3-") as tmp:
+        section = ThreeServers(Path(tmp), k)
+        try:
+            return section.run()
+        finally:
+            log("dropping the three-server section's databases")
+            section.drop_all()
 
 
 # ---------------------------------------------------------------------------------------------- the section
@@ -402,8 +614,17 @@ def summarize(runs: dict) -> dict:
                            for op in ("up", "new_file") if all("in_provider_apply_s" in r.get(op, {}) for r in reps)}
             if in_provider:
                 s["in_provider_apply_s"] = in_provider
+            prints = {op: summary([r[op]["in_provider_prints_s"] for r in reps])
+                      for op in ("up", "new_file") if all("in_provider_prints_s" in r.get(op, {}) for r in reps)}
+            if prints:
+                s["in_provider_prints_s"] = prints
             s["machine_cpu_busy"] = {op: summary([r[op]["machine_cpu_busy"] for r in reps if op in r]) for op in OPS
                                      if any(op in r for r in reps)}
+            for side in ("server_cpu_s", "client_cpu_s"):
+                cpu = {op: summary([r[op][side] for r in reps if side in r.get(op, {})]) for op in OPS
+                       if any(side in r.get(op, {}) for r in reps)}
+                if cpu:
+                    s[side] = cpu
             s["load_1min"] = [min(r[op]["load_1min"] for r in reps for op in OPS if op in r),
                               max(r[op]["load_1min"] for r in reps for op in OPS if op in r)]
             out[k][tool] = s
@@ -426,8 +647,16 @@ def targets(s: dict) -> dict:
         out["fleet_up_ratio_to_floor_at_1000"] = {"value": big["up_ratio_to_floor"],
                                                   "target": TARGETS["fleet_up_ratio_to_floor"],
                                                   "met": big["up_ratio_to_floor"] <= TARGETS["fleet_up_ratio_to_floor"]}
+    if "new_file_ratio_to_floor" in big:
+        out["fleet_new_file_ratio_to_floor_at_1000"] = {
+            "value": big["new_file_ratio_to_floor"], "target": TARGETS["fleet_new_file_ratio_to_floor"],
+            "met": big["new_file_ratio_to_floor"] <= TARGETS["fleet_new_file_ratio_to_floor"]}
     out["fleet_noop_preview_at_1000_s"] = {"value": big["noop"]["median"], "target": TARGETS["fleet_noop_preview_s"],
                                            "met": big["noop"]["median"] <= TARGETS["fleet_noop_preview_s"]}
+    if big.get("provider_peak_rss_mib"):
+        out["fleet_provider_peak_rss_mib_at_1000"] = {
+            "value": big["provider_peak_rss_mib"], "target": TARGETS["provider_peak_rss_mib"],
+            "met": big["provider_peak_rss_mib"] <= TARGETS["provider_peak_rss_mib"]}
     peak = max(v["fleet"]["peak_sessions"] for v in s.values() if "fleet" in v)
     out["fleet_peak_sessions"] = {"value": peak, "target": TARGETS["peak_connections"],
                                   "met": peak <= TARGETS["peak_connections"]}
@@ -505,11 +734,23 @@ def table(results: dict) -> str:
                         + " | ".join(f"{s[k][tool]['machine_cpu_busy']['up']['median'] * 100:.0f}%"
                                      if s[k].get(tool, {}).get("machine_cpu_busy", {}).get("up") else "not run"
                                      for k in ks) + " |")
-    for tool in ("fleet",):
-        if any(s[k].get(tool, {}).get("in_provider_apply_s") for k in ks):
-            rows.append(f"| {LABELS[tool]}: of which the fleet executor (`up` from empty, in the provider) | "
-                        + " | ".join(_s(s[k][tool]["in_provider_apply_s"].get("up"))
-                                     if s[k].get(tool, {}).get("in_provider_apply_s") else "–" for k in ks) + " |")
+    for tool in TOOLS:
+        for side, what in (("server_cpu_s", "server CPU-s"), ("client_cpu_s", "client CPU-s")):
+            for op in ("up", "new_file"):
+                if any(s[k].get(tool, {}).get(side, {}).get(op) for k in ks):
+                    rows.append(f"| {LABELS[tool]}: {what}, {OPS[op]} | " + " | ".join(
+                        f"{s[k][tool][side][op]['median']:.1f}" if s[k].get(tool, {}).get(side, {}).get(op)
+                        else "–" for k in ks) + " |")
+    for tool in sorted(FLEET_TOOLS):
+        for op in ("up", "new_file"):
+            if any(s[k].get(tool, {}).get("in_provider_apply_s", {}).get(op) for k in ks):
+                rows.append(f"| {LABELS[tool]}: of which the fleet executor ({OPS[op]}, in the provider) | "
+                            + " | ".join(_s(s[k][tool]["in_provider_apply_s"].get(op))
+                                         if s[k].get(tool, {}).get("in_provider_apply_s") else "–" for k in ks) + " |")
+            if any(s[k].get(tool, {}).get("in_provider_prints_s", {}).get(op) for k in ks):
+                rows.append(f"| {LABELS[tool]}: of which the fingerprints after the apply ({OPS[op]}) | "
+                            + " | ".join(_s(s[k][tool]["in_provider_prints_s"].get(op))
+                                         if s[k].get(tool, {}).get("in_provider_prints_s") else "–" for k in ks) + " |")
     out += "\n" + "\n".join(rows)
     for why in results.get("not_run", {}).values():
         out += f"\n\nNot run: {why}"
@@ -518,6 +759,38 @@ def table(results: dict) -> str:
             f"({m['cores']} cores); runs per tool: {results['config']['reps']} for K < 1,000, "
             f"{results['config']['big_reps']} at K = 1,000 (pgdbm: 1).")
     return out
+
+
+THREE_OPS = [("floor_up", "psql floor, `up` from empty (4 sessions per server)"),
+             ("floor_new_file", "psql floor, one new file"),
+             ("up", "`pulumi up` from empty"), ("noop", "`pulumi preview`, no changes"),
+             ("new_file", "`pulumi up`, one new file"),
+             ("up_server_stopped", "`pulumi up` from empty, server 1 stopped mid-run (fails its tenants)"),
+             ("up_rerun", "server 1 started again: `pulumi up` re-run"),
+             ("new_file_server_stopped", "`pulumi up`, one new file, server 1 stopped mid-run"),
+             ("new_file_rerun", "server 1 started again: `pulumi up` re-run")]
+
+
+def three_table(three: dict) -> str:
+    rows = [f"| three servers, {three['k_per_server']:,} tenants each (max_parallel {three['max_parallel']} per "
+            "server) | seconds | of which the executor, the fingerprints after it | server CPU-s (3 servers) | "
+            "client CPU-s | provider peak RSS | outcome |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for op, label in THREE_OPS:
+        r = three.get(op)
+        if not r:
+            continue
+        outcome = r.get("summary", "") or ("" if op.startswith("floor") else f"exit {r.get('exit')}")
+        rss = f"{r['provider_peak_rss_mib']:.0f} MiB" if r.get("provider_peak_rss_mib") else "–"
+        cpu = f"{r['server_cpu_s']:.1f}" if r.get("server_cpu_s") is not None else "– (a server restarted)"
+        inside = (f"{r['in_provider_apply_s']:.1f} s, {r.get('in_provider_prints_s', 0):.1f} s"
+                  if "in_provider_apply_s" in r else "–")
+        rows.append(f"| {label} | {r['seconds']:.2f} | {inside} | {cpu} | {r['client_cpu_s']:.1f} | {rss} | "
+                    f"{outcome} |")
+    if three.get("every_tenant_at_head_each_file_once"):
+        rows.append("\nAfter each re-run: every tenant of the three servers at head, each file recorded once "
+                    "(tables and history rows counted per server).")
+    return "\n".join(rows)
 
 
 def plot(results: dict) -> None:
@@ -573,6 +846,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--report", action="store_true",
                         help="no measurement: summary, plot and table again from the runs in --out")
+    parser.add_argument("--before", default=None, metavar="REF",
+                        help="also run the fleet with the code of this git ref (exported with git archive), side by "
+                             "side: before/after in one run")
+    parser.add_argument("--servers-k", type=int, default=1000,
+                        help="tenants per server in the three-server section (0: skip it)")
     args = parser.parse_args(argv)
     if args.report:
         results = json.loads(args.out.read_text())
@@ -581,8 +859,16 @@ def main(argv=None) -> int:
         results["not_run"] = not_run(results["summary"], results["config"]["ks"], results["config"]["tools"])
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         return report(results, plotting=not args.no_plot)
-    ks = [int(k) for k in args.ks.split(",")]
-    tools = [t for t in TOOLS if t in args.tools.split(",")]
+    ks = [int(k) for k in args.ks.split(",")] if args.ks else []
+    tools = [t for t in TOOLS if t in args.tools.split(",") and (t != "fleet_before" or args.before)]
+    before_dir = None
+    if args.before:
+        before_dir = tempfile.TemporaryDirectory(prefix="llmemory-before-")
+        archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", before_dir.name], input=archive, check=True)
+        BEFORE.update(ref=subprocess.run(["git", "rev-parse", "--short", args.before], cwd=ROOT, capture_output=True,
+                                         text=True).stdout.strip(), path=before_dir.name)
+        LABELS["fleet_before"] = f"one MigratedTenants, code before ({BEFORE['ref']})"
     server = Server(args.pg_dir.resolve()).start()
     with psycopg.connect(server.dsn()) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
@@ -590,16 +876,19 @@ def main(argv=None) -> int:
     pulumi_version = subprocess.run(["pulumi", "version"], capture_output=True, text=True).stdout.strip()
     load_start = os.getloadavg()
     started = time.time()
-    runs = measure(server, ks, args.reps, args.big_reps, tools)
+    runs = measure(server, ks, args.reps, args.big_reps, tools) if ks else {}
+    three = three_servers(args.servers_k) if args.servers_k else None
     s = summarize(runs)
     loads = [r[op]["load_1min"] for k in runs.values() for reps in k.values() for r in reps for op in OPS if op in r]
+    loads = loads or [os.getloadavg()[0]]
     results = {
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0], "server": version,
                     "pulumi": pulumi_version, "pgdbm": getattr(pgdbm, "__version__", "?"),
                     "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
                     "load_min": min(loads), "load_max": max(loads), "minutes": round((time.time() - started) / 60, 1)},
         "config": {"ks": ks, "reps": args.reps, "big_reps": args.big_reps, "files": FILES, "max_parallel": MAX_PARALLEL,
-                   "module": MODULE, "tools": tools},
+                   "module": MODULE, "tools": tools, "before": BEFORE.get("ref"), "servers_k": args.servers_k},
+        "three_servers": three,
         "summary": s,
         "targets": targets(s),
         "runs": runs,
@@ -611,9 +900,14 @@ def main(argv=None) -> int:
 
 
 def report(results: dict, plotting: bool = True) -> int:
-    if plotting:
+    if results["config"].get("before"):
+        LABELS["fleet_before"] = f"one MigratedTenants, code before ({results['config']['before']})"
+    if plotting and results["summary"]:
         plot(results)
-    print(table(results))
+    if results["summary"]:
+        print(table(results))
+    if results.get("three_servers"):
+        print("\n" + three_table(results["three_servers"]))
     for name, t in results["targets"].items():
         print(f"{name}: {t['value']} (target {t['target']}): {'met' if t['met'] else 'NOT met'}")
     return 0

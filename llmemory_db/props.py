@@ -20,7 +20,7 @@ from .migrate.settings import Settings
 
 CONNECTION = ConnectionSettings.names()
 OUTPUTS = ("schema_name", "applied", "pending", "missing", "objects", "fingerprint", "drift", "interrupted",
-           "tenants", "summary", "failed")
+           "tenants", "summary", "failed", "servers")
 # Inputs whose change is a reason to run the engine again (never a replacement: applying is an update). Not the
 # folder (the files' checksums are), not the message style, not accept_edits (edits show as changed checksums).
 UNTRACKED = ("migrations_dir", "spelling", "accept_edits")
@@ -28,7 +28,7 @@ TRACKED = ("checksums",) + tuple(n for n in Settings.names() if n not in UNTRACK
 PLACE = ("schema", "database", "host", "port")              # where the objects live (the fingerprint's scope)
 HISTORY = PLACE + ("module_name", "history_table")           # ... and whose history it is
 FLEET_TRACKED = TRACKED[:-len(CONNECTION) - 1] + FleetSettings.FIELDS + ("tenants_list", "connections", "managed")
-DEFAULTS = Settings.defaults()
+DEFAULTS = {**Settings.defaults(), **FleetSettings.defaults()}  # a key an older version did not write: its default
 local = threading.local()  # the event sink of the calls this thread makes (events_to)
 
 
@@ -76,3 +76,13 @@ def fleet_of(props: Dict[str, Any]):
     connections = props.get("connections") or {}
     return fleet, tenants, lambda key: ConnectionSettings.from_props(
         connections.get(key) or connections.get("") or props).connect()
+
+
+def server_of(props: Dict[str, Any]) -> Callable[[str], str]:
+    """The server (host:port) of a tenant's connection key: a fleet's pools and its per-server outputs."""
+    connections = props.get("connections") or {}
+
+    def server(key: str) -> str:
+        conn = connections.get(key) or connections.get("") or props
+        return f"{conn.get('host') or 'localhost'}:{int(float(conn.get('port') or 5432))}"  # Pulumi: 5432.0
+    return server

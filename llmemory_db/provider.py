@@ -23,7 +23,7 @@ from .migrate.events import Event
 from .migrate.extensions import check_extensions
 from .migrate.fleet_settings import Tenant
 from .props import (CONNECTION, DEFAULTS, FLEET_TRACKED, HISTORY, PLACE, TRACKED, fleet_of, inputs_of, managed_of,
-                    resource_id, same, settings_of)
+                    resource_id, same, server_of, settings_of)
 from .provider_host import Adapter, ProviderError, clean_errors, watch_engine
 
 clean_errors()  # imported by the dynamic-provider host when it loads a pickled provider: before any method runs
@@ -174,10 +174,10 @@ class FleetProvider(Adapter):
         fleet, tenants, connect = fleet_of(props)
         with self.engine(props):
             done = fleet_ops.apply(fleet, tenants, connect, olds,
-                                   self.sink(f"tenants {fleet.base.module_name}", props))
+                                   self.sink(f"tenants {fleet.base.module_name}", props), server_of(props))
         return dict(props, tenants=done.statuses, summary=done.result.summary(), failed=done.failed,
                     applied=sorted(done.result.checksums), objects=done.objects, fingerprint=done.fingerprint,
-                    drift={})
+                    drift={}, servers=done.result.servers())
 
     def create(self, props: Dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"fleet/{props.get('module_name')}", outs=self._apply(props))
@@ -189,11 +189,12 @@ class FleetProvider(Adapter):
         """Every tenant's history back, one query per database, and its schema drift."""
         fleet, tenants, connect = fleet_of(props)
         with self.engine(props):
-            statuses, drifted = fleet_ops.refresh(fleet, tenants, connect, props)
+            statuses, drifted = fleet_ops.refresh(fleet, tenants, connect, props, server_of(props),
+                                                  self.sink(f"tenants {fleet.base.module_name}", props))
         return ReadResult(id_=id_, outs=dict(props, tenants=statuses, drift=drifted), inputs=inputs_of(props))
 
     def delete(self, _id: str, props: Dict[str, Any]) -> None:
         fleet, tenants, connect = fleet_of(props)
         with self.engine(props):
             event = fleet_ops.destroy(fleet, tenants, connect)
-        self.say("tenants", event, props)
+        self.say(f"tenants {fleet.base.module_name}", event, props)

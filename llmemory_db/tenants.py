@@ -9,6 +9,8 @@ tenants share comes from pulumi-postgresql: the extensions of each database.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -52,7 +54,10 @@ class MigratedTenantsArgs(MigrationsArgs):
                    them; ``None`` reads the stack config ``llmemory-db:tenants`` (a list)
     history_table: where each tenant's history is kept; ``{schema}`` stands for the tenant (default
                    ``{schema}.schema_migrations``, pgdbm 0.5's layout in schema mode)
-    max_parallel:  worker connections (default 4); with the coordinator never more than max_parallel + 1
+    max_parallel:  worker connections per server (default 4); with the coordinator never more than
+                   max_parallel + 1 on a server
+    max_parallel_total: tenants migrating at once over all the servers (default 0: each server's pool bounds
+                   its own, the servers run at once)
     canary:        the first N tenants with work go first, alone; if one fails nothing else runs (default 1)
     wave_size:     then the rest in waves of this many tenants (default 0: one wave)
     on_error:      stop (default: finish the running tenants, start no new ones) or continue
@@ -65,6 +70,7 @@ class MigratedTenantsArgs(MigrationsArgs):
     tenants: TenantsInput = None
     history_table: Optional[str] = DEFAULT_HISTORY
     max_parallel: int = _DEFAULT_FLEET.max_parallel
+    max_parallel_total: int = _DEFAULT_FLEET.max_parallel_total
     canary: int = _DEFAULT_FLEET.canary
     wave_size: int = _DEFAULT_FLEET.wave_size
     on_error: str = _DEFAULT_FLEET.on_error
@@ -89,6 +95,7 @@ class MigratedTenants(pulumi.ComponentResource):
     applied: pulumi.Output[list]      # the module's files every up-to-date tenant has
     checksums: pulumi.Output[dict]    # filename -> SHA-256, once for the module
     fingerprint: pulumi.Output[str]   # the fleet's schema fingerprint (schema names factored out)
+    servers: pulumi.Output[dict]      # server (host:port) -> {tenants, at_head, failed}
 
     def __init__(self, name: str, args: MigratedTenantsArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("llmemory-db:index:MigratedTenants", name, None, opts)
@@ -98,7 +105,8 @@ class MigratedTenants(pulumi.ComponentResource):
             settings = Settings(**{**{n: getattr(args, n) for n in Settings.public_names()},
                                    "schema": None, "history_table": "public.schema_migrations"})
             fleet = FleetSettings(settings, history_template=args.history_table or DEFAULT_HISTORY,
-                                  max_parallel=args.max_parallel, canary=args.canary, wave_size=args.wave_size,
+                                  max_parallel=args.max_parallel, max_parallel_total=args.max_parallel_total,
+                                  canary=args.canary, wave_size=args.wave_size,
                                   on_error=args.on_error, runtime_roles=tuple(args.runtime_roles))
             connections: Dict[str, Dict[str, Any]] = {}
             tenants: List[Dict[str, str]] = []
@@ -134,10 +142,14 @@ class MigratedTenants(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         shared: List[pulumi.Resource] = []
         for key, conn in connections.items():  # what the tenants of one database share: its extensions
-            provider = None if not key else postgresql.Provider(
-                f"{name}-postgresql-{len(shared)}", host=conn["host"], port=conn["port"], username=conn["username"],
+            # only for the extensions (none: no provider, and no plugin to start), named after its connection (a
+            # count of extension resources named every server's provider alike without extensions); stacks from
+            # before keep theirs through the alias (that name was unique when there were extensions)
+            provider = None if not key or not args.extensions else postgresql.Provider(
+                f"{name}-postgresql-{_slug(key)}", host=conn["host"], port=conn["port"], username=conn["username"],
                 password=conn["password"], database=conn["database"], sslmode=conn["sslmode"],
-                superuser=pulumi.Config("postgresql").get_bool("superuser"), opts=child)
+                superuser=pulumi.Config("postgresql").get_bool("superuser"), opts=pulumi.ResourceOptions(
+                    parent=self, aliases=[pulumi.Alias(name=f"{name}-postgresql-{len(shared)}")]))
             for extension in args.extensions:
                 check = ExtensionCheck(f"{name}-{len(shared)}-ext-{extension}-check", extension,
                                        ConnectionArgs(**conn), opts=child)
@@ -151,7 +163,7 @@ class MigratedTenants(pulumi.ComponentResource):
         props.update(tenants_list=tenants, connections=connections,
                      checksums={m.filename: m.checksum for m in files}, managed=dataclasses.asdict(managed),
                      tenants=None, summary=None, failed=None, applied=None, objects=None, fingerprint=None,
-                     drift=None)
+                     drift=None, servers=None)
         fleet_resource = _Fleet(f"{name}-fleet", props, pulumi.ResourceOptions(
             parent=self, depends_on=shared, additional_secret_outputs=["connections"]))
         self.tenants = fleet_resource.tenants
@@ -160,21 +172,30 @@ class MigratedTenants(pulumi.ComponentResource):
         self.applied = fleet_resource.applied
         self.checksums = fleet_resource.checksums
         self.fingerprint = fleet_resource.fingerprint
+        self.servers = fleet_resource.servers
         # failed tenants: the update recorded them (outputs), and the deployment still fails, naming them
         self.failed.apply(_report_failures(name, self))
         self.register_outputs({"tenants": self.tenants, "summary": self.summary, "failed": self.failed,
-                               "applied": self.applied, "checksums": self.checksums, "fingerprint": self.fingerprint})
+                               "applied": self.applied, "checksums": self.checksums, "fingerprint": self.fingerprint,
+                               "servers": self.servers})
 
 
 def _report_failures(name: str, resource: pulumi.Resource) -> Callable[[Any], None]:
     def report(failed: Any) -> None:
         if failed:
-            lines = [f"  {tenant}: {e.get('file') or ''}{':' + str(int(e['line'])) if e.get('line') else ''} "
-                     f"{e.get('message')}" for tenant, e in sorted(failed.items())]
+            lines = [f"  {tenant}: " + (f"{e['file']}{':' + str(int(e['line'])) if e.get('line') else ''} "
+                                          if e.get("file") else "") + f"{e.get('message')}"
+                     for tenant, e in sorted(failed.items())]
             # the fleet's resource recorded them (its outputs are saved); failing here fails the deployment
             raise pulumi.RunError(f"MigratedTenants {name}: {len(failed)} tenant(s) failed (recorded in the outputs; "
                                   "the next up retries only them):\n" + "\n".join(lines))
     return report
+
+
+def _slug(key: str) -> str:
+    """A resource-name part for a connection key (user@host:port/database), unique per key."""
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", key).strip("-")
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
 
 
 def _merged(base: ConnectionArgs, own: Optional[ConnectionArgs]) -> Dict[str, Any]:
@@ -194,6 +215,7 @@ class _Fleet(Resource):
     applied: pulumi.Output[list]
     checksums: pulumi.Output[dict]
     fingerprint: pulumi.Output[str]
+    servers: pulumi.Output[dict]
 
     def __init__(self, name: str, props: Dict[str, Any], opts: pulumi.ResourceOptions) -> None:
         super().__init__(FleetProvider(), name, props, opts)

@@ -20,7 +20,10 @@ One responsibility per module, in the order data flows (docs/architecture.md dra
                    schema built in a scratch schema; ``adoption``: existing databases; ``objects``: what files create
 - ``extensions``, ``startup``   prerequisites and the application's start-up role
 - ``ops``          the operations every caller uses: preflight, apply, refresh, destroy, diff
-- ``fleet``, ``fleet_state``, ``fleet_ops``   one module over many tenant schemas
+- ``fleet``, ``fleet_settings``, ``fleet_state``, ``fleet_results``, ``fleet_batch``, ``fleet_prints``, ``fleet_ops``
+                   one module over many tenant schemas, on one server or several: the executor (a pool per
+                   server), a new tenant in one round trip, fingerprints digested in the database, the operations
+- ``roundtrip``    a transactional file's round trip, its constant parts composed once per history store
 - ``embeddings``, ``embedding_catalog``, ``embedding_steps``, ``embedding_ops``, ``embedding_errors``   llmemory's
                    embedding providers: a model's table, registry row and vector index, backfill, default switch
 - ``cli``          ``python -m llmemory_db.migrate``

@@ -18,7 +18,8 @@ from .objects import ManagedObjects, managed_objects
 from .parser import parse
 from .settings import Settings
 
-_QUERY = """
+# the objects of ``schemas`` (the fleet's database digests build on it: fleet_prints)
+OBJECTS_QUERY = """
 WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(%(schemas)s)),
 rels AS (
   SELECT c.oid, c.relname, c.relkind, ns.nspname FROM pg_class c JOIN ns ON c.relnamespace = ns.oid
@@ -62,9 +63,11 @@ SELECT ns.nspname, CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
     AND p.proname NOT LIKE 'llmemory\\_db\\_%%'
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                     AND d.deptype = 'e')
-UNION ALL
-SELECT NULL, 'extension', e.extname, e.extversion FROM pg_extension e WHERE e.extname = ANY(%(extensions)s)
 """
+# the database's extensions (no schema): part of every schema's fingerprint
+EXTENSIONS_QUERY = ("SELECT NULL, 'extension', e.extname, e.extversion FROM pg_extension e "
+                    "WHERE e.extname = ANY(%(extensions)s)")
+_QUERY = OBJECTS_QUERY + "UNION ALL\n" + EXTENSIONS_QUERY + "\n"
 
 
 def digest(text: str) -> str:

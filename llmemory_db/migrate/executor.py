@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import psycopg
@@ -26,6 +27,7 @@ from .files import Migration
 from .history import APPLIED_MARK, BUSY_MARK, HistoryStore, marked, rollback
 from .inflight import InflightLog, resume_point
 from .render import render
+from .roundtrip import FileSQL
 from .settings import Settings, duration
 from .watch import BlockerWatch
 
@@ -118,6 +120,17 @@ def apply_file(store: HistoryStore, migration: Migration, rendered: str, committ
                 watch.stop()
 
 
+_FILE_SQL: "weakref.WeakKeyDictionary[HistoryStore, FileSQL]" = weakref.WeakKeyDictionary()
+
+
+def _file_sql(store: HistoryStore, with_version: bool) -> FileSQL:
+    """The round trip's constant parts of ``store`` (composed on first use, again if with_version changes)."""
+    cached = _FILE_SQL.get(store)
+    if cached is None or cached.with_version != with_version:
+        cached = _FILE_SQL[store] = FileSQL(store, with_version, settings_sql(store.settings))
+    return cached
+
+
 def _apply_in_transaction(store: HistoryStore, migration: Migration, rendered: str, committed: List[str],
                           with_version: bool) -> bool:
     """One migration and its history row in one transaction, in one round trip when the lock is free:
@@ -128,16 +141,14 @@ def _apply_in_transaction(store: HistoryStore, migration: Migration, rendered: s
     Returns False when the file turned out to be applied already (by pgdbm or another applier).
     """
     conn, settings = store.conn, store.settings
-    body = store.check_sql(migration).as_string(conn) + "; " + \
-        sql.SQL("; ").join(settings_sql(settings)).as_string(conn) + ";\n"
+    texts = _file_sql(store, with_version)  # the constant parts, composed once per store (roundtrip.py)
     # "\n;" ends a last statement without a semicolon and a trailing -- comment alike
-    tail = sql.SQL("\n; {}; COMMIT").format(store.insert_sql(migration, with_version, elapsed=sql.SQL(
-        "greatest(1, (extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::int)"))).as_string(conn)
-    head = "BEGIN; " + store.try_lock_sql().as_string(conn) + "; " + body
+    tail = texts.tail(migration)
+    head = texts.head(migration)
     for attempt in (1, 2):
         if attempt == 2:  # the lock was busy: wait for it in a round trip of its own, bounded by lock_wait_timeout
             store.begin_locked()
-            head = body
+            head = texts.head(migration, waited=True)
         try:
             conn.execute(head + rendered + tail)  # no parameters: the text is sent as it is
             break

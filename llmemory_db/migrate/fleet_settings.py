@@ -2,6 +2,7 @@
 (history per tenant, parallelism, canary, waves, what a failure does). Each default lives here, once."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -34,11 +35,12 @@ class FleetSettings:
 
     base: Settings
     history_template: str = DEFAULT_HISTORY
-    max_parallel: int = 4
+    max_parallel: int = 4         # connections per server (each server's pool)
     canary: int = 1
     wave_size: int = 0            # 0: all the tenants after the canary in one wave
     on_error: str = "stop"
     runtime_roles: Tuple[str, ...] = ()
+    max_parallel_total: int = 0   # tenants migrating at once over all servers; 0: no bound beyond each pool
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtime_roles", tuple(self.runtime_roles or ()))
@@ -46,7 +48,8 @@ class FleetSettings:
             raise SettingError(f"Invalid value {self.on_error!r} for {setting('on_error')}: use stop or continue",
                                setting="on_error",
                                remedy="stop finishes the running tenants and starts no new one; continue goes on")
-        for name, least in (("max_parallel", 1), ("canary", 0), ("wave_size", 0)):
+        for name, least in (("max_parallel", 1), ("canary", 0), ("wave_size", 0),
+                            ("max_parallel_total", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise SettingError(f"Invalid value {value!r} for {setting(name)}: a whole number >= {least} is "
@@ -61,7 +64,9 @@ class FleetSettings:
             check_identifier(role, "runtime role")
 
     # the fleet's own fields, as resource properties (the module's settings are Settings')
-    FIELDS = ("history_template", "max_parallel", "canary", "wave_size", "on_error", "runtime_roles")
+    FIELDS = ("history_template", "max_parallel", "canary", "wave_size", "on_error", "runtime_roles",
+              "max_parallel_total")
+    WHOLE = ("max_parallel", "canary", "wave_size", "max_parallel_total")
 
     def to_props(self) -> Dict[str, object]:
         props = self.base.to_props()
@@ -78,8 +83,15 @@ class FleetSettings:
             if value is None:
                 continue
             values[name] = tuple(value) if name == "runtime_roles" else \
-                int(value) if name in ("max_parallel", "canary", "wave_size") else value
+                int(value) if name in cls.WHOLE else value
         return cls(base if base is not None else Settings.from_props(props), **values)
+
+    @classmethod
+    def defaults(cls) -> Dict[str, object]:
+        """The fleet's own fields' defaults, as properties (a stack written before a field existed has its
+        default)."""
+        return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in dataclasses.fields(cls) if f.name in cls.FIELDS}
 
     def for_tenant(self, tenant: Tenant) -> Settings:
         return self.base.replace(schema=tenant.schema, lock_scope="schema",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import psycopg
 from psycopg import sql
@@ -15,6 +16,14 @@ from .fleet_settings import SCHEMA_TOKEN, FleetSettings, Tenant
 
 
 # --------------------------------------------------------------------------- reading the fleet
+
+def by_database(tenants: Iterable[Tenant]) -> "OrderedDict[str, List[Tenant]]":
+    """Tenants grouped by their database key, in order of first appearance."""
+    groups: "OrderedDict[str, List[Tenant]]" = OrderedDict()
+    for tenant in tenants:
+        groups.setdefault(tenant.database, []).append(tenant)
+    return groups
+
 
 _HISTORIES = """
 WITH t AS (SELECT * FROM unnest(%(schemas)s::text[], %(histories)s::text[], %(modules)s::text[])

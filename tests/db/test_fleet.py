@@ -94,7 +94,9 @@ def at_001_then_conflict(db, tmp_path, schema, count):
 def test_long_files_keep_the_bound_the_lock_watches_share_one_connection(db, tmp_path):
     """A file running longer than the lock watch's delay makes every worker's watch look for blockers: they share
     one connection, so the fleet stays within max_parallel + 1 sessions."""
-    folder = write(tmp_path / "m", {"001_slow.sql": "CREATE TABLE {{tables.a}} (id int);\nSELECT pg_sleep(0.8);\n"})
+    folder = write(tmp_path / "m", {"000_init.sql": "SELECT 1;\n"})
+    run(db, fleet(folder, canary=0), tenants(8))  # tenants with a history: one transaction (and watch) per file
+    write(folder, {"001_slow.sql": "CREATE TABLE {{tables.a}} (id int);\nSELECT pg_sleep(0.8);\n"})
     sessions = Sessions(db)
     result = run(db, fleet(folder, max_parallel=4, canary=0), tenants(8))
     peak = sessions.stop()

@@ -214,6 +214,8 @@ def test_fleet_check_lints_and_refuses_bad_tenants(fleet_props, capsys):
 def test_fleet_settings_round_trip_with_one_default_each(fleet_props):
     fleet, tenants, _ = provider_mod.fleet_of({k: v for k, v in fleet_props.items() if k != "canary"})
     assert fleet.canary == 1  # FleetSettings' default, not the provider's own
+    assert fleet.max_parallel_total == 0 and fleet.to_props()["max_parallel_total"] == 0
+    assert provider_mod.fleet_of({**fleet_props, "max_parallel_total": 6.0})[0].max_parallel_total == 6  # Pulumi
     assert [t.key for t in tenants] == ["t1", "t2"] and fleet.on_error == "continue"
 
 
@@ -229,21 +231,31 @@ def test_fleet_diff_names_new_pending_and_failed_tenants(fleet_props, capsys):
                                                            "t2": olds["tenants"]["t1"]}}, fleet_props).changes is False
 
 
+def test_a_fleet_setting_an_older_version_did_not_write_counts_as_its_default(fleet_props):
+    done = {"recorded": 1, "last": "001_a.sql", "pending": []}
+    olds = {**fleet_props, "applied": ["001_a.sql"], "tenants": {"t1": done, "t2": done}}
+    assert FleetProvider().diff("id", olds, {**fleet_props, "max_parallel_total": 0}).changes is False
+    assert FleetProvider().diff("id", olds, {**fleet_props, "max_parallel_total": 3}).changes is True
+
+
 def test_fleet_create_read_delete(fleet_props, monkeypatch, capsys):
     from llmemory_db.migrate import fleet_ops
     from llmemory_db.migrate.fleet import FleetResult
     result = FleetResult({}, {"001_a.sql": "x"}, 0.1)
-    monkeypatch.setattr(fleet_ops, "apply", lambda fleet, tenants, connect, recorded, on_event: fleet_ops.FleetDeployed(
-        result, {"t1": {"recorded": 1}}, {"table {schema}.a": "1"}, "fp"))
+    servers = []
+    monkeypatch.setattr(fleet_ops, "apply", lambda fleet, tenants, connect, recorded, on_event, server_of: (
+        servers.append(server_of("")), fleet_ops.FleetDeployed(
+            result, {"t1": {"recorded": 1}}, {"table {schema}.a": "1"}, "fp"))[1])
     created = FleetProvider().create(fleet_props)
     assert created.id == "fleet/m" and created.outs["fingerprint"] == "fp" and created.outs["tenants"] == {
-        "t1": {"recorded": 1}}
-    monkeypatch.setattr(fleet_ops, "refresh", lambda fleet, tenants, connect, recorded: ({"t1": {"recorded": 0}},
-                                                                                         {"t1": ["x: added"]}))
+        "t1": {"recorded": 1}} and created.outs["servers"] == {} and servers == ["h:5432"]
+    monkeypatch.setattr(fleet_ops, "refresh", lambda fleet, tenants, connect, recorded, server_of, on_event: (
+        {"t1": {"recorded": 0}}, {"t1": ["x: added"]}))
     read = FleetProvider().read("fleet/m", created.outs)
     assert read.outs["drift"] == {"t1": ["x: added"]} and "tenants" not in read.inputs
     FleetProvider().delete("fleet/m", created.outs)
-    assert "kept the schemas and histories of 2 tenant(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out   # each line names the fleet once
+    assert "tenants m: kept the schemas and histories of 2 tenant(s)" in out and "tenants m: tenants" not in out
 
 
 def test_provider_errors_have_no_traceback_in_the_dynamic_host(monkeypatch):
