@@ -33,7 +33,6 @@ import threading
 import time
 from pathlib import Path
 
-import psycopg
 
 from llmemory_db import migrate
 from llmemory_db.migrate import Settings, embedding_ops

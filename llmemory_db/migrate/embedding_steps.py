@@ -22,8 +22,7 @@ from psycopg import sql
 
 from . import index_builds, lockwait, progress
 from .connection import rollback
-from .diagnosis import failure
-from .embedding_catalog import CHUNKS, MARK, QUEUE, REGISTRY, IndexState, ProviderState, lock_holders, rebuild_name
+from .embedding_catalog import CHUNKS, MARK, QUEUE, REGISTRY, IndexState, ProviderState, lock_holders
 from .embedding_errors import EmbeddingIndexError, EmbeddingLockError
 from .embeddings import EmbeddingSettings, auto_memory, memory_bytes, pretty_bytes
 from .errors import IndexBuildError, excerpt

@@ -196,7 +196,6 @@ def apply(fleet: FleetSettings, tenants: Sequence[Tenant], connect: Connect,
     result = apply_fleet(fleet, tenants, connect, on_event=on_event, server_of=server_of, precheck=check)
     started = time.monotonic()
     statuses, objects, fingerprint = after_apply(fleet, tenants, result, connect, before, server_of, on_event)
-    module = fleet.base.module_name
     on_event(Event("fleet", f"{result.summary()} ({result.seconds:.1f}s)"))
     # bench/fleet.py reads this line
     on_event(Event("fleet", f"schema fingerprints: {check.checked if check else 0} checked "

@@ -5,7 +5,6 @@ batches, the coverage and the default switch, drift at refresh, removal, and wha
 import threading
 import time
 
-import psycopg
 import pytest
 
 from llmemory_db import migrate
