@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import pytest
 
@@ -22,8 +22,13 @@ def ensure_running(servers: List[Server]) -> None:
 
 
 @pytest.fixture(scope="session")
-def three_servers() -> List[Server]:
-    return [Server(folder.resolve()).start() for folder in FOLDERS]
+def three_servers() -> Iterator[List[Server]]:
+    """Started for the session's fleet tests, stopped after them (unlike the main test server, which the next run
+    reuses: these serve a few tests only)."""
+    servers = [Server(folder.resolve()).start() for folder in FOLDERS]
+    yield servers
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
