@@ -20,6 +20,7 @@ from pulumi.dynamic import Resource
 
 from . import migrate
 from .migrate.errors import HistoryCollisionError
+from .migrate.fleet_results import failure_lines
 from .migrate.fleet_settings import DEFAULT_HISTORY, FleetSettings, Tenant, check_tenants
 from .migrate.settings import Settings
 from .migrations import ConnectionArgs, ExtensionCheck, MigrationsArgs, project_relative
@@ -183,9 +184,7 @@ class MigratedTenants(pulumi.ComponentResource):
 def _report_failures(name: str, resource: pulumi.Resource) -> Callable[[Any], None]:
     def report(failed: Any) -> None:
         if failed:
-            lines = [f"  {tenant}: " + (f"{e['file']}{':' + str(int(e['line'])) if e.get('line') else ''} "
-                                          if e.get("file") else "") + f"{e.get('message')}"
-                     for tenant, e in sorted(failed.items())]
+            lines = failure_lines(failed)
             # the fleet's resource recorded them (its outputs are saved); failing here fails the deployment
             raise pulumi.RunError(f"MigratedTenants {name}: {len(failed)} tenant(s) failed (recorded in the outputs; "
                                   "the next up retries only them):\n" + "\n".join(lines))

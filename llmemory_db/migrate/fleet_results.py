@@ -100,3 +100,28 @@ def remembering(connect: Callable[[str], psycopg.Connection],
             down.setdefault(server, exc)
             raise
     return connect_once
+
+
+def failure_lines(failed: Dict[str, Dict[str, object]], most: int = 20) -> List[str]:
+    """The failed tenants of a run (as the outputs record them: tenant -> {file, line, message}) for a message:
+    tenants that failed for the same reason without a file (a server that could not be reached) in one line with
+    the remedy, the others one line each naming file and line; at most ``most`` lines, the rest counted (all of
+    them are in the outputs)."""
+    alike: "OrderedDict[str, List[str]]" = OrderedDict()
+    lines: List[str] = []
+    for tenant, error in sorted(failed.items()):
+        if error.get("file"):
+            where = f"{error['file']}" + (f":{int(error['line'])}" if error.get("line") else "")
+            lines.append(f"  {tenant}: {where} {error.get('message')}")
+        else:
+            alike.setdefault(str(error.get("message")), []).append(tenant)
+    grouped = []
+    for message, tenants in alike.items():
+        names = ", ".join(tenants[:5]) + (f" and {len(tenants) - 5} more" if len(tenants) > 5 else "")
+        remedy = " (start the server or fix its connection, then run the update again)" \
+            if message.startswith("server ") else ""
+        grouped.append(f"  {message}{remedy}: {len(tenants)} tenant(s): {names}")
+    lines = grouped + lines
+    if len(lines) > most:
+        lines = lines[:most] + [f"  ... and {len(lines) - most} more (the output `failed` lists every tenant)"]
+    return lines

@@ -97,6 +97,7 @@ def test_a_server_down_fails_only_its_tenants_and_the_next_up_retries_only_them(
         result, text = fleet.up()
         assert result is None and "Traceback" not in text
         assert f"{PER_SERVER} tenant(s) failed" in text and f"server {fleet.names[2]}: Cannot connect" in text
+        assert "start the server or fix its connection" in text and f"{PER_SERVER} tenant(s): " in text
         outputs = fleet.stack.outputs()
         assert outputs["servers"].value == {
             fleet.names[0]: {"tenants": PER_SERVER, "at_head": PER_SERVER, "failed": 0},
