@@ -20,16 +20,20 @@ def _stat(pid: int) -> list:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def _zombies(pid: int) -> bool:
+def _children(pid: int):
+    """The /proc stat fields of each child of ``pid`` (processes that exit meanwhile are skipped)."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 child = _stat(int(entry))
             except OSError:
                 continue
-            if int(child[1]) == pid and child[0] == "Z":
-                return True
-    return False
+            if int(child[1]) == pid:
+                yield child
+
+
+def _zombies(pid: int) -> bool:
+    return any(child[0] == "Z" for child in _children(pid))
 
 
 def server_cpu(server, settle: float = 3.0) -> float:
@@ -45,14 +49,8 @@ def server_cpu(server, settle: float = 3.0) -> float:
         time.sleep(0.02)
     fields = _stat(pid)
     total = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                child = _stat(int(entry))
-            except OSError:
-                continue
-            if int(child[1]) == pid:  # its live children: their own time (reaped ones are in cutime/cstime)
-                total += int(child[11]) + int(child[12])
+    for child in _children(pid):  # its live children: their own time (reaped ones are in cutime/cstime)
+        total += int(child[11]) + int(child[12])
     return total / _HZ
 
 

@@ -510,21 +510,15 @@ class ThreeServers:
         # server 1 stopped mid-run, started again, up re-run
         dbs = self.fresh()
         project, env = self.project(dbs, "stop")
-        try:
-            out["up_server_stopped"] = self.timed(up, project, env, expect_ok=False,
-                                                  during=self.stop_when_half_done(dbs[1], f"t{FILES}"))
-        finally:
-            self.servers[1].start()
-        out["up_rerun"] = self.timed(up, project, env)
-        self.check(dbs, FILES)
-        make_migrations(project / "migrations", FILES + 1)
-        try:
-            out["new_file_server_stopped"] = self.timed(up, project, env, expect_ok=False,
-                                                        during=self.stop_when_half_done(dbs[1], f"t{FILES + 1}"))
-        finally:
-            self.servers[1].start()
-        out["new_file_rerun"] = self.timed(up, project, env)
-        self.check(dbs, FILES + 1)
+        for op, files in (("up", FILES), ("new_file", FILES + 1)):
+            make_migrations(project / "migrations", files)
+            try:
+                out[f"{op}_server_stopped"] = self.timed(up, project, env, expect_ok=False,
+                                                         during=self.stop_when_half_done(dbs[1], f"t{files}"))
+            finally:
+                self.servers[1].start()
+            out[f"{op}_rerun"] = self.timed(up, project, env)
+            self.check(dbs, files)
         out["every_tenant_at_head_each_file_once"] = True
         log("three servers, server 1 stopped mid-run: " + ", ".join(
             f"{op} {out[op]['seconds']:.1f}s" for op in ("up_server_stopped", "up_rerun", "new_file_server_stopped",
